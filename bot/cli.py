@@ -1,0 +1,55 @@
+"""`omost-bot`: the command line. Each subcommand lives in bot/commands/<name>.py.
+
+A command module exposes `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
+Modules are imported only when their command runs, so `omost-bot preview` never loads torch.
+Exit codes: 0 ok, 1 failure, 2 bad input (unparseable canvas, bad arguments, bad config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# name -> (module, one-line help). Order is the order `omost-bot --help` lists them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "preview": ("bot.commands.preview", "show a canvas's layout: a table, a PNG and optionally JSON (no GPU)"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="omost-bot",
+        description="Compose images the Omost way: an LLM writes Canvas code, SDXL draws it.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module_name)
+        _load(module_name).add_arguments(p)
+    return parser
+
+
+def _load(module_name: str):  # type: ignore[no-untyped-def]
+    return importlib.import_module(module_name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        default = "run" if "run" in COMMANDS else None
+        if default is None:
+            parser.print_help()
+            return 0
+        args = parser.parse_args([default, *(argv or [])])
+    try:
+        return int(_load(args._module).run(args))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

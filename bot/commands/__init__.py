@@ -1,0 +1,1 @@
+"""The `omost-bot` subcommands, one module each (see bot/cli.py)."""

@@ -1,0 +1,1 @@
+"""Language-model backends: one streaming interface (base.py), local and OpenAI-compatible."""

@@ -1,0 +1,1 @@
+"""The region-aware SDXL renderer (SPEC.md section 6)."""
