@@ -73,3 +73,14 @@ class LLMBackend(Protocol):
     def close(self) -> None:
         """Free what the backend holds (GPU memory, HTTP sessions)."""
         ...
+
+    def unload(self) -> None:
+        """Move weights off the GPU (to CPU or drop them) so the renderer can use the memory.
+
+        The engine calls this on a GPU too small for both models; a remote backend does nothing.
+        """
+        ...
+
+    def load(self) -> None:
+        """Bring the weights back after `unload()` (no-op when already resident)."""
+        ...

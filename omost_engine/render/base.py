@@ -69,3 +69,18 @@ class Renderer(Protocol):
     ) -> RenderResult: ...
 
     def close(self) -> None: ...
+
+    def unload(self) -> None:
+        """Move the pipeline off the GPU so the LLM can use the memory (GPU too small for both)."""
+        ...
+
+    def load(self) -> None:
+        """Bring the pipeline back after `unload()` (no-op when already resident)."""
+        ...
+
+    def lower_memory(self) -> bool:
+        """Switch to a lower-memory mode (CPU offload + VAE tiling) after an out-of-memory error.
+
+        Returns False when already in the lowest mode (the engine then fails the job).
+        """
+        ...
