@@ -11,10 +11,11 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
-# name -> (module, one-line help). Order is the order `omost-bot --help` lists them.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "preview": ("bot.commands.preview", "show a canvas's layout: a table, a PNG and optionally JSON (no GPU)"),
+# name -> module. Order is the order `omost-bot --help` lists them.
+COMMANDS: dict[str, str] = {
+    "preview": "bot.commands.preview",
 }
 
 
@@ -24,14 +25,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compose images the Omost way: an LLM writes Canvas code, SDXL draws it.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    for name, module_name in COMMANDS.items():
+        module = _load(module_name)
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         p.set_defaults(_module=module_name)
-        _load(module_name).add_arguments(p)
+        module.add_arguments(p)
     return parser
 
 
-def _load(module_name: str):  # type: ignore[no-untyped-def]
+def _load(module_name: str) -> ModuleType:
     return importlib.import_module(module_name)
 
 
