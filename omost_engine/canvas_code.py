@@ -42,6 +42,9 @@ MAX_STRING_CHARS = 4_000
 MAX_LIST_ITEMS = 64
 MAX_NESTING = 4  # brackets open at once; a real answer needs 2: the call and a list
 
+PSEUDO_FILENAME = "<canvas code>"
+"""ast.parse's filename. On a syntax error CPython tries to open it to quote the line; no such file."""
+
 GLOBAL_METHOD = "set_global_description"
 LOCAL_METHOD = "add_local_description"
 
@@ -113,7 +116,7 @@ def find_code(text: str) -> CodeBlock:
     if blocks:
         start, end = blocks[0]
         return CodeBlock("\n".join(lines[start:end]), start + 1)
-    if "Canvas(" not in text:
+    if not re.search(r"\bcanvas\s*[=.]|\bCanvas\(", text):
         raise CanvasError("the answer holds no ```python code block with a canvas")
     return CodeBlock(text, 1)
 
@@ -461,7 +464,7 @@ def _string(node: ast.expr, name: str, line: int) -> str:
 def _syntax_tree(code: str, first_line: int = 1) -> ast.Module:
     """ast.parse with the line numbers shifted to `first_line`; syntax errors become CanvasError."""
     try:
-        tree = ast.parse(code, mode="exec")
+        tree = ast.parse(code, filename=PSEUDO_FILENAME, mode="exec")
     except SyntaxError as e:
         line = (e.lineno or 1) + first_line - 1
         raise CanvasError(f"not valid Python syntax: {e.msg}", line) from None
@@ -507,28 +510,28 @@ class IncrementalParser:
         self.text += chunk
         if self.error is not None or self._code_end is not None:
             return []
+        events: list[CanvasEvent] = []
         try:
             _check_size(self.text)
-            return self._advance()
+            self._advance(events)
         except CanvasError as e:
             self.error = e
-            return []
+        return events
 
     def finish(self) -> Canvas:
         return parse(self.text)
 
-    def _advance(self) -> list[CanvasEvent]:
+    def _advance(self, events: list[CanvasEvent]) -> None:
         if self._code_start is None:
             self._code_start = self._find_code_start()
             if self._code_start is None:
-                return []
+                return
         code = self.text[self._code_start :]
         # a closing fence ends the code; only whole lines are looked at
         fence = re.search(r"^[ \t]*```", code, re.MULTILINE)
         if fence is not None:
             self._code_end = self._code_start + fence.start()
             code = code[: fence.start()]
-        events: list[CanvasEvent] = []
         for start, end, first_line in self._scanner.scan(code):
             snippet = code[start:end]
             if not snippet.strip():
@@ -539,7 +542,6 @@ class IncrementalParser:
                 event = self._interpreter.statement(node)
                 if event is not None:
                     events.append(event)
-        return events
 
     def _find_code_start(self) -> int | None:
         for m in re.finditer(r"^[ \t]*```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n", self.text, re.MULTILINE):
