@@ -200,9 +200,7 @@ class CorrectionLog:
     def __init__(self) -> None:
         self.items: list[Correction] = []
 
-    def name(
-        self, given: str, allowed: Sequence[str], what: str, where: str, line: int | None
-    ) -> str:
+    def name(self, given: str, allowed: Sequence[str], what: str, where: str, line: int | None) -> str:
         name, changed = closest_name(given, allowed, what, line=line)
         if changed:
             self.items.append(Correction(where, what, given, name, line))
@@ -249,9 +247,7 @@ def build_region(
     where = f"region {index}"
     distance = float(distance_to_viewer)
     if not math.isfinite(distance) or distance <= 0:
-        raise CanvasError(
-            f"distance_to_viewer must be a positive number, got {distance_to_viewer!r}", line
-        )
+        raise CanvasError(f"distance_to_viewer must be a positive number, got {distance_to_viewer!r}", line)
     if not clean_prompt(description):
         raise CanvasError(f"{where} has an empty description", line)
     return Region(

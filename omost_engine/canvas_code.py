@@ -23,6 +23,7 @@ import difflib
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from omost_engine.canvas import (
     Canvas,
@@ -78,6 +79,7 @@ _EXPECTED = (
 
 _FENCE = re.compile(r"^[ \t]*```[ \t]*([A-Za-z0-9_+-]*)[ \t]*$")
 _PYTHON_LANGS = {"python", "py", "python3", ""}
+_CLOSING_FENCE = re.compile(r"^[ \t]*```", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -341,7 +343,9 @@ class _Interpreter:
             self.global_line = line
             return GlobalParsed(self.global_description, line)
         if len(self.regions) >= MAX_REGIONS:
-            raise CanvasError(f"more than {MAX_REGIONS} local descriptions; at most {MAX_REGIONS} are read", line)
+            raise CanvasError(
+                f"more than {MAX_REGIONS} local descriptions; at most {MAX_REGIONS} are read", line
+            )
         region = build_region(
             index=len(self.regions) + 1,
             location=values["location"],
@@ -364,8 +368,7 @@ class _Interpreter:
     def result(self) -> Canvas:
         if self.global_description is None:
             raise CanvasError(
-                "the canvas has no global description; expected a call to "
-                "canvas.set_global_description(...)"
+                "the canvas has no global description; expected a call to canvas.set_global_description(...)"
             )
         return Canvas(self.global_description, tuple(self.regions), tuple(self.log.items))
 
@@ -400,8 +403,8 @@ class _Interpreter:
 
     def _keywords(
         self, call: ast.Call, method: str, fields: dict[str, _Kind], line: int
-    ) -> dict[str, object]:
-        values: dict[str, object] = {}
+    ) -> dict[str, Any]:
+        values: dict[str, Any] = {}  # each value's type is checked by _literal for its field
         for kw in call.keywords:
             kw_line = getattr(kw, "lineno", line)
             if kw.arg is None:
@@ -415,9 +418,7 @@ class _Interpreter:
             values[kw.arg] = _literal(kw.value, kw.arg, fields[kw.arg], kw_line)
         missing = [f for f in fields if f not in values]
         if missing:
-            raise CanvasError(
-                f"canvas.{method}(...) is missing {', '.join(repr(m) for m in missing)}", line
-            )
+            raise CanvasError(f"canvas.{method}(...) is missing {', '.join(repr(m) for m in missing)}", line)
         return values
 
 
@@ -429,9 +430,7 @@ def _literal(node: ast.expr, name: str, kind: _Kind, line: int) -> object:
         if not isinstance(node, ast.List | ast.Tuple):
             raise CanvasError(f"{name} must be a list of strings, found {_describe(node)}", line)
         if len(node.elts) > MAX_LIST_ITEMS:
-            raise CanvasError(
-                f"{name} has {len(node.elts)} items; at most {MAX_LIST_ITEMS} are read", line
-            )
+            raise CanvasError(f"{name} has {len(node.elts)} items; at most {MAX_LIST_ITEMS} are read", line)
         return [_string(item, f"each item of {name}", getattr(item, "lineno", line)) for item in node.elts]
     # a number; a sign in front is folded so that -3 reaches the "must be positive" check
     sign = 1.0
@@ -481,9 +480,8 @@ def _syntax_tree(code: str, first_line: int = 1) -> ast.Module:
 def parse(text: str) -> Canvas:
     """Read a whole answer (prose around a ```python block) or bare code into a Canvas."""
     block = find_code(text)
-    scanner = _Scanner()
-    for _ in scanner.scan(block.code):
-        pass  # only for the nesting limit, before ast sees the text
+    # Deep nesting needs no pre-scan here: CPython's parser refuses more than 200 nested brackets
+    # with a SyntaxError, and the interpreter accepts no nesting beyond a flat list anyway.
     interpreter = _Interpreter()
     for node in _syntax_tree(block.code).body:
         interpreter.statement(node)
@@ -503,6 +501,7 @@ class IncrementalParser:
         self.error: CanvasError | None = None
         self._code_start: int | None = None
         self._code_end: int | None = None
+        self._fence_checked = 0  # offset in the code from which a closing fence may still appear
         self._scanner = _Scanner()
         self._interpreter = _Interpreter()
 
@@ -527,11 +526,14 @@ class IncrementalParser:
             if self._code_start is None:
                 return
         code = self.text[self._code_start :]
-        # a closing fence ends the code; only whole lines are looked at
-        fence = re.search(r"^[ \t]*```", code, re.MULTILINE)
+        # A closing fence ends the code. Only the text after the last complete line can hold a new
+        # one, so each feed searches a few characters rather than the whole answer.
+        fence = _CLOSING_FENCE.search(code, max(0, self._fence_checked))
         if fence is not None:
             self._code_end = self._code_start + fence.start()
             code = code[: fence.start()]
+        else:
+            self._fence_checked = code.rfind("\n") + 1
         for start, end, first_line in self._scanner.scan(code):
             snippet = code[start:end]
             if not snippet.strip():

@@ -50,7 +50,9 @@ def _pixel_box(region: LayoutRegion, width: int, height: int) -> tuple[int, int,
     )
 
 
-def _wrap(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, max_width: int, max_lines: int) -> list[str]:
+def _wrap(
+    text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, max_width: int, max_lines: int
+) -> list[str]:
     words = text.split()
     lines: list[str] = []
     current = ""

@@ -86,10 +86,16 @@ def _one_region(**overrides: object) -> str:
 
 def test_near_miss_names_are_corrected_and_reported() -> None:
     canvas = parse(
-        _one_region(location="'on the  Left'", area="'a large sqare area'", HTML_web_color_name="'darkslategrey2'")
+        _one_region(
+            location="'on the  Left'", area="'a large sqare area'", HTML_web_color_name="'darkslategrey2'"
+        )
     )
     region = canvas.regions[0]
-    assert (region.location, region.area, region.color) == ("on the left", "a large square area", "darkslategrey")
+    assert (region.location, region.area, region.color) == (
+        "on the left",
+        "a large square area",
+        "darkslategrey",
+    )
     reported = {(c.field, c.given, c.corrected) for c in canvas.corrections}
     assert reported == {
         ("location", "on the  Left", "on the left"),
@@ -126,7 +132,12 @@ def test_seed_layout_first_turn_by_hand() -> None:
         (40, 90, 0, 50),  # bottom-left (15,75) + upper-right (10,-10) -> (25,65); small square 50x50
     ]
     assert [r.color for r in layout.regions] == [
-        "darkslategray", "slategray", "darkgreen", "saddlebrown", "darkolivegreen", "dimgray",
+        "darkslategray",
+        "slategray",
+        "darkgreen",
+        "saddlebrown",
+        "darkolivegreen",
+        "dimgray",
     ]
     assert layout.regions[0].rgb == (47, 79, 79)
     assert layout.regions[3].rgb == (139, 69, 19)
@@ -137,7 +148,9 @@ def test_seed_prefix_tree() -> None:
     g, meteor = layout.regions[0], layout.regions[1]
     assert g.prefixes == ("An intense battle scene featuring warriors, dinosaurs, and meteorites.",)
     assert len(g.suffixes) == 7 + 1  # 7 detailed descriptions + tags
-    assert g.suffixes[-1].startswith("battle, warriors, dinosaurs") and g.suffixes[-1].endswith("destruction.")
+    assert g.suffixes[-1].startswith("battle, warriors, dinosaurs") and g.suffixes[-1].endswith(
+        "destruction."
+    )
     assert meteor.prefixes == (g.prefixes[0], "Meteorites crashing into the ground.")
     # local: own detailed descriptions, then tags, atmosphere, style, quality_meta; nothing global
     assert len(meteor.suffixes) == 5 + 4

@@ -23,7 +23,9 @@ def _imports(package: str) -> set[tuple[str, str]]:
 
 
 def test_importing_adapters_does_not_import_torch() -> None:
-    modules = ["adapters"] + [f"adapters.{p.stem}" for p in (ROOT / "adapters").glob("*.py") if p.stem != "__init__"]
+    modules = ["adapters"] + [
+        f"adapters.{p.stem}" for p in (ROOT / "adapters").glob("*.py") if p.stem != "__init__"
+    ]
     code = (
         "import importlib, sys\n"
         f"for m in {modules!r}:\n"
@@ -33,11 +35,12 @@ def test_importing_adapters_does_not_import_torch() -> None:
         "        if e.name in ('telegram', 'discord'):\n"
         "            continue  # a platform's optional extra is not installed\n"
         "        raise\n"
-        f"bad = [m for m in sys.modules if m.split('.')[0] in {HEAVY + ('omost_engine',)!r}]\n"
+        f"bad = [m for m in sys.modules if m.split('.')[0] in {(*HEAVY, 'omost_engine')!r}]\n"
         "print(','.join(sorted(bad)))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
     assert result.stdout.strip() == ""
 
 
@@ -59,6 +62,7 @@ def test_preview_command_does_not_load_torch() -> None:
         "import omost_engine.canvas_code, omost_engine.preview, omost_engine.prompts\n"
         "print(','.join(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'transformers')))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    )
     assert result.stdout.strip() == ""

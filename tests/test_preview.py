@@ -30,7 +30,10 @@ def test_preview_keeps_the_aspect_ratio_and_paints_far_to_near() -> None:
     assert _close(image.getpixel((w - 3, h - 3)), (47, 79, 79))
     # a pixel in the centre box (near) over the triceratops box (far): 0.7 centre + 0.3 (0.7 tri + 0.3 global)
     x, y = round(60 / 90 * w), round(70 / 90 * h)
-    expected = tuple(round(0.7 * c + 0.3 * (0.7 * t + 0.3 * g)) for c, t, g in zip((85, 107, 47), (0, 100, 0), (47, 79, 79), strict=True))
+    expected = tuple(
+        round(0.7 * c + 0.3 * (0.7 * t + 0.3 * g))
+        for c, t, g in zip((85, 107, 47), (0, 100, 0), (47, 79, 79), strict=True)
+    )
     assert _close(image.getpixel((x, y)), expected)
 
 
@@ -67,23 +70,47 @@ def test_cli_preview_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert meteor["box"] == [0, 50, 40, 90] and meteor["color"] == [178, 34, 34]
     assert meteor["location"] == "on the top-right" and meteor["area"] == "a small square area"
     assert meteor["prefixes"][1] == "Meteorites crashing into the ground."
-    assert set(meteor) == {"kind", "location", "offset", "area", "distance_to_viewer", "box", "color",
-                           "description", "prefixes", "suffixes"}
+    assert set(meteor) == {
+        "kind",
+        "location",
+        "offset",
+        "area",
+        "distance_to_viewer",
+        "box",
+        "color",
+        "description",
+        "prefixes",
+        "suffixes",
+    }
     assert data["corrections"] == [
-        {"where": "region 2", "field": "location", "given": "on the lefft", "corrected": "on the left", "line": 44}
+        {
+            "where": "region 2",
+            "field": "location",
+            "given": "on the lefft",
+            "corrected": "on the left",
+            "line": 44,
+        }
     ]
 
 
 def test_cli_preview_reads_stdin_and_rejects_bad_input(tmp_path: Path) -> None:
     ok = subprocess.run(
         [sys.executable, "-m", "bot.cli", "preview", "-", "-o", str(tmp_path / "s.png"), "--json"],
-        input=seed_answers()[0], capture_output=True, text=True, timeout=120, check=False,
+        input=seed_answers()[0],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert ok.returncode == 0, ok.stderr
     assert len(json.loads(ok.stdout)["regions"]) == 6
     bad = subprocess.run(
         [sys.executable, "-m", "bot.cli", "preview", "-", "-o", str(tmp_path / "bad.png")],
-        input="canvas = Canvas()\nimport os\n", capture_output=True, text=True, timeout=120, check=False,
+        input="canvas = Canvas()\nimport os\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert bad.returncode == 2
     assert "line 2:" in bad.stderr and "an import" in bad.stderr

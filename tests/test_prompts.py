@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,7 @@ def test_seed_regions_with_a_real_clip_tokenizer(clip: HFTokenizer) -> None:
             assert len(body) <= 75
         # greedy: no two neighbouring bags could have been one
         sizes = [sum(len(clip.encode(region.suffixes[i])) for i in b.suffix_indices) for b in bags]
-        for a, b in zip(sizes, sizes[1:], strict=False):
+        for a, b in itertools.pairwise(sizes):
             assert a + b > 75 - len(prefix)
     assert any(len(greedy_bags(r.prefixes, r.suffixes, clip)) > 1 for r in layout.regions)
     tokens = clip.tokenizer.convert_ids_to_tokens(clip.encode("A fallen warrior."))
@@ -95,7 +96,9 @@ _sub_prompt = st.text(alphabet="abcdefghij ,.", min_size=0, max_size=120)
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(_sub_prompt, max_size=3), st.lists(_sub_prompt, max_size=12))
-def test_property_bags_fit_keep_order_place_each_suffix_once(prefixes: list[str], suffixes: list[str]) -> None:
+def test_property_bags_fit_keep_order_place_each_suffix_once(
+    prefixes: list[str], suffixes: list[str]
+) -> None:
     tok = _PROPERTY_TOKENIZER
     bags = greedy_bags(prefixes, suffixes, tok)
     prefix = [t for p in prefixes for t in tok.encode(p)]

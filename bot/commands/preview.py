@@ -19,7 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", metavar="FILE", help="canvas code or a whole model answer; '-' reads stdin")
     parser.add_argument("-o", "--output", metavar="OUT.png", help="where to write the preview PNG")
     parser.add_argument("--width", type=int, default=896, help="image width the layout is for (default 896)")
-    parser.add_argument("--height", type=int, default=1152, help="image height the layout is for (default 1152)")
+    parser.add_argument(
+        "--height", type=int, default=1152, help="image height the layout is for (default 1152)"
+    )
     parser.add_argument("--json", action="store_true", help="print the layout as JSON instead of a table")
 
 
@@ -77,7 +79,9 @@ def run(args: argparse.Namespace) -> int:
     from omost_engine.preview import render_layout_preview
 
     if args.width <= 0 or args.height <= 0:
-        print(f"error: --width and --height must be positive, got {args.width}x{args.height}", file=sys.stderr)
+        print(
+            f"error: --width and --height must be positive, got {args.width}x{args.height}", file=sys.stderr
+        )
         return 2
     try:
         text = read_input(args.file)
