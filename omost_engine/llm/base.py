@@ -39,6 +39,7 @@ class GenerationStats:
     new_tokens: int = 0
     seconds: float = 0.0
     dropped_messages: int = 0  # history messages left out to fit the context (oldest first)
+    forward_passes: int = 0  # target-model forward passes; below new_tokens when prompt lookup hits
     notes: list[str] = field(default_factory=list)  # for the user, e.g. "dropped 2 oldest turns"
 
     @property
