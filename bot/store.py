@@ -1,0 +1,727 @@
+"""The bot's memory: conversations as trees of turns, in SQLite, plus the image files they point to.
+
+Owns the schema and its numbered migrations (recorded in `_migrations`, in the style of
+simonw/llm's migrations.py), the turn lifecycle (which status may follow which), the links from
+posted platform messages back to turns, per-user and per-chat settings, and where image files
+live under the data directory.
+
+Conversations are keyed by (platform, chat, thread); a thread may be "" (a Telegram private chat,
+the console). `/new` starts a fresh conversation under the same key, so a key maps to its latest
+conversation. Turns form a tree through parent_id; a history is the chain from the root to a
+turn, loaded with one recursive query. Turn ids are integers that are never reused, so a button's
+callback data ("r:12345") and a message link stay valid across restarts.
+
+The database runs in WAL mode with synchronous=NORMAL: a committed transaction survives the
+process being killed (the crash-recovery promise); only an OS crash or power loss may drop the
+last commits. One aiosqlite connection serves the process; multi-statement writes hold a lock.
+
+It must not know about chat platforms' APIs, models or the engine: it stores ids and text.
+
+Errors:
+
+    StoreError               base
+    +-- TurnNotFound         no turn with that id
+    +-- InvalidTransition    a status change the lifecycle does not allow (e.g. done -> running)
+    +-- ImagePathError       an image path outside the data directory (or no data directory)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+class StoreError(Exception):
+    """Something the store refuses or cannot find."""
+
+
+class TurnNotFound(StoreError):
+    def __init__(self, turn_id: int) -> None:
+        self.turn_id = turn_id
+        super().__init__(f"there is no turn #{turn_id}")
+
+
+class InvalidTransition(StoreError):
+    def __init__(self, turn_id: int, current: TurnStatus, wanted: TurnStatus) -> None:
+        self.turn_id = turn_id
+        self.current = current
+        self.wanted = wanted
+        super().__init__(f"turn #{turn_id} is {current.value}; it cannot become {wanted.value}")
+
+
+class ImagePathError(StoreError):
+    pass
+
+
+# --- values -----------------------------------------------------------------------------------
+
+
+class TurnKind(StrEnum):
+    COMPOSE = "compose"  # the LLM writes a canvas, then it is rendered
+    RENDER = "render"  # the parent's canvas rendered again (new seed, higher resolution)
+    USER_CANVAS = "user_canvas"  # the user wrote the canvas code; the LLM is skipped
+
+
+class TurnStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in (TurnStatus.DONE, TurnStatus.FAILED, TurnStatus.CANCELLED)
+
+
+ALLOWED_TRANSITIONS: dict[TurnStatus, frozenset[TurnStatus]] = {
+    TurnStatus.QUEUED: frozenset({TurnStatus.RUNNING, TurnStatus.FAILED, TurnStatus.CANCELLED}),
+    # running -> queued: a turn caught running by a crash is put back in the queue on restart.
+    TurnStatus.RUNNING: frozenset(
+        {TurnStatus.DONE, TurnStatus.FAILED, TurnStatus.CANCELLED, TurnStatus.QUEUED}
+    ),
+    # done is final: a turn's result is announced once. New seeds and rewrites are new turns.
+    TurnStatus.DONE: frozenset(),
+    # A Retry button may put a failed or cancelled turn back in the queue.
+    TurnStatus.FAILED: frozenset({TurnStatus.QUEUED}),
+    TurnStatus.CANCELLED: frozenset({TurnStatus.QUEUED}),
+}
+
+
+class LinkRole(StrEnum):
+    """What a posted platform message is to its turn."""
+
+    USER = "user"  # the person's own message that started the turn
+    STATUS = "status"  # the bot's "queued / writing / step 12 of 25" message, edited in place
+    PREVIEW = "preview"  # the layout preview
+    IMAGE = "image"  # the result image
+    CODE = "code"  # the canvas code file
+    ERROR = "error"  # a failure report (with its Retry button)
+
+
+class SettingsScope(StrEnum):
+    USER = "user"
+    CHAT = "chat"
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    platform: str
+    chat: str
+    thread: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Turn:
+    id: int
+    conversation_id: int
+    parent_id: int | None
+    kind: TurnKind
+    owner: str
+    user_text: str
+    assistant_text: str | None
+    canvas_code: str | None
+    status: TurnStatus
+    error: str | None
+    seed: int | None
+    params: Mapping[str, Any]
+    image_path: str | None
+    """Relative to the data directory (posix separators); see Store.image_file."""
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class MessageLink:
+    platform: str
+    chat: str
+    message_id: str
+    turn_id: int
+    role: LinkRole
+
+
+class _Unset(Enum):
+    UNSET = 0
+
+
+UNSET = _Unset.UNSET
+"""update_turn's "leave this column as it is" (None means: set it to NULL)."""
+
+
+# --- migrations -------------------------------------------------------------------------------
+
+Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
+MIGRATIONS: list[tuple[str, Migration]] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Register a migration. Its name is recorded once applied; never rename or reorder them."""
+    MIGRATIONS.append((fn.__name__, fn))
+    return fn
+
+
+@migration
+async def m001_conversations_and_turns(db: aiosqlite.Connection) -> None:
+    await db.execute(
+        """
+        CREATE TABLE conversations (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            platform TEXT NOT NULL,
+            chat TEXT NOT NULL,
+            thread TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL
+        )
+        """
+    )
+    await db.execute("CREATE INDEX conversations_by_key ON conversations (platform, chat, thread, id)")
+    # AUTOINCREMENT: ids are never reused, so an old button or message link cannot reach a new turn.
+    await db.execute(
+        """
+        CREATE TABLE turns (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            conversation_id INTEGER NOT NULL REFERENCES conversations (id),
+            parent_id INTEGER REFERENCES turns (id),
+            kind TEXT NOT NULL CHECK (kind IN ('compose', 'render', 'user_canvas')),
+            owner TEXT NOT NULL,
+            user_text TEXT NOT NULL DEFAULT '',
+            assistant_text TEXT,
+            canvas_code TEXT,
+            status TEXT NOT NULL DEFAULT 'queued'
+                CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
+            error TEXT,
+            seed INTEGER,
+            params TEXT NOT NULL DEFAULT '{}',
+            image_path TEXT,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL
+        )
+        """
+    )
+    await db.execute("CREATE INDEX turns_by_parent ON turns (parent_id)")
+    await db.execute("CREATE INDEX turns_by_conversation ON turns (conversation_id, id)")
+
+
+@migration
+async def m002_message_links(db: aiosqlite.Connection) -> None:
+    await db.execute(
+        """
+        CREATE TABLE message_links (
+            platform TEXT NOT NULL,
+            chat TEXT NOT NULL,
+            message_id TEXT NOT NULL,
+            turn_id INTEGER NOT NULL REFERENCES turns (id),
+            role TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            PRIMARY KEY (platform, chat, message_id)
+        )
+        """
+    )
+    await db.execute("CREATE INDEX message_links_by_turn ON message_links (turn_id)")
+
+
+@migration
+async def m003_settings(db: aiosqlite.Connection) -> None:
+    await db.execute(
+        """
+        CREATE TABLE settings (
+            scope TEXT NOT NULL CHECK (scope IN ('user', 'chat')),
+            platform TEXT NOT NULL,
+            subject TEXT NOT NULL,
+            value TEXT NOT NULL DEFAULT '{}',
+            updated_at REAL NOT NULL,
+            PRIMARY KEY (scope, platform, subject)
+        )
+        """
+    )
+
+
+@migration
+async def m004_unfinished_turns_index(db: aiosqlite.Connection) -> None:
+    # Crash recovery scans for unfinished turns at every start; keep that scan off the full table.
+    await db.execute("CREATE INDEX turns_unfinished ON turns (id) WHERE status IN ('queued', 'running')")
+
+
+async def applied_migrations(db: aiosqlite.Connection) -> list[str]:
+    await db.execute(
+        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
+    )
+    async with db.execute("SELECT name FROM _migrations ORDER BY rowid") as cursor:
+        return [row[0] for row in await cursor.fetchall()]
+
+
+async def migrate(db: aiosqlite.Connection, *, upto: int | None = None) -> list[str]:
+    """Apply the migrations not yet recorded, each in its own transaction; returns their names.
+
+    `upto` stops after that many migrations in total (tests build old schemas with it).
+    """
+    done = set(await applied_migrations(db))
+    applied: list[str] = []
+    for name, fn in MIGRATIONS[:upto]:
+        if name in done:
+            continue
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            await fn(db)
+            await db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (name, time.time()))
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+        await db.execute("COMMIT")
+        applied.append(name)
+    return applied
+
+
+# --- the store --------------------------------------------------------------------------------
+
+_TURN_COLUMNS = (
+    "id, conversation_id, parent_id, kind, owner, user_text, assistant_text, canvas_code, "
+    "status, error, seed, params, image_path, created_at, updated_at"
+)
+_TURN_COLUMNS_QUALIFIED = ", ".join("turns." + c.strip() for c in _TURN_COLUMNS.split(","))
+_MAX_DEPTH = 100_000  # a guard against a hand-edited cycle; real chains are far shorter
+
+
+def _turn(row: Sequence[Any]) -> Turn:
+    return Turn(
+        id=row[0],
+        conversation_id=row[1],
+        parent_id=row[2],
+        kind=TurnKind(row[3]),
+        owner=row[4],
+        user_text=row[5],
+        assistant_text=row[6],
+        canvas_code=row[7],
+        status=TurnStatus(row[8]),
+        error=row[9],
+        seed=row[10],
+        params=json.loads(row[11]),
+        image_path=row[12],
+        created_at=row[13],
+        updated_at=row[14],
+    )
+
+
+def _conversation(row: Sequence[Any]) -> Conversation:
+    return Conversation(id=row[0], platform=row[1], chat=row[2], thread=row[3], created_at=row[4])
+
+
+class Store:
+    """Async access to the bot's database. Open it with `async with Store.open(path) as store`."""
+
+    def __init__(self, db: aiosqlite.Connection, data_dir: Path | None, clock: Callable[[], float]) -> None:
+        self._db = db
+        self._data_dir = data_dir.resolve() if data_dir is not None else None
+        self._clock = clock
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    @asynccontextmanager
+    async def open(
+        cls,
+        path: Path | str,
+        *,
+        data_dir: Path | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> AsyncIterator[Store]:
+        """Open (creating and migrating as needed) the database at `path` (":memory:" works).
+
+        Images live under `data_dir`, by default the database file's folder.
+        """
+        memory = str(path) == ":memory:"
+        if not memory:
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if data_dir is None:
+                data_dir = path.parent
+        # isolation_level=None: autocommit; transactions are explicit BEGIN ... COMMIT.
+        db = await aiosqlite.connect(str(path), isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await db.execute("PRAGMA busy_timeout = 5000")
+            await migrate(db)
+            yield cls(db, data_dir, clock)
+        finally:
+            await db.close()
+
+    @property
+    def connection(self) -> aiosqlite.Connection:
+        """The underlying connection, for diagnostics (doctor, tests counting queries)."""
+        return self._db
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    async def journal_mode(self) -> str:
+        async with self._db.execute("PRAGMA journal_mode") as cursor:
+            row = await cursor.fetchone()
+        return str(row[0]) if row else ""
+
+    # --- conversations ------------------------------------------------------------------------
+
+    async def get_or_create_conversation(self, platform: str, chat: str, thread: str = "") -> Conversation:
+        """The latest conversation for (platform, chat, thread), created if there is none."""
+        async with self._transaction() as db:
+            found = await self._latest_conversation(db, platform, chat, thread)
+            if found is not None:
+                return found
+            return await self._insert_conversation(db, platform, chat, thread)
+
+    async def new_conversation(self, platform: str, chat: str, thread: str = "") -> Conversation:
+        """Start a fresh conversation under this key (/new); it becomes the key's latest."""
+        async with self._transaction() as db:
+            return await self._insert_conversation(db, platform, chat, thread)
+
+    async def get_conversation(self, conversation_id: int) -> Conversation | None:
+        async with self._db.execute(
+            "SELECT id, platform, chat, thread, created_at FROM conversations WHERE id = ?",
+            (conversation_id,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return _conversation(row) if row else None
+
+    async def _latest_conversation(
+        self, db: aiosqlite.Connection, platform: str, chat: str, thread: str
+    ) -> Conversation | None:
+        async with db.execute(
+            "SELECT id, platform, chat, thread, created_at FROM conversations "
+            "WHERE platform = ? AND chat = ? AND thread = ? ORDER BY id DESC LIMIT 1",
+            (platform, chat, thread),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return _conversation(row) if row else None
+
+    async def _insert_conversation(
+        self, db: aiosqlite.Connection, platform: str, chat: str, thread: str
+    ) -> Conversation:
+        now = self._clock()
+        async with db.execute(
+            "INSERT INTO conversations (platform, chat, thread, created_at) VALUES (?, ?, ?, ?) RETURNING id",
+            (platform, chat, thread, now),
+        ) as cursor:
+            row = await cursor.fetchone()
+        assert row is not None  # RETURNING always yields the inserted row
+        return Conversation(id=row[0], platform=platform, chat=chat, thread=thread, created_at=now)
+
+    # --- turns --------------------------------------------------------------------------------
+
+    async def create_turn(
+        self,
+        *,
+        conversation_id: int,
+        parent_id: int | None,
+        kind: TurnKind | str,
+        owner: str,
+        user_text: str = "",
+        canvas_code: str | None = None,
+        seed: int | None = None,
+        params: Mapping[str, Any] | None = None,
+        status: TurnStatus | str = TurnStatus.QUEUED,
+    ) -> Turn:
+        """Store a new turn (queued unless told otherwise). The parent must be in the same
+        conversation: a reply continues the tree it belongs to."""
+        kind = TurnKind(kind)
+        status = TurnStatus(status)
+        params_json = json.dumps(dict(params or {}), sort_keys=True)
+        async with self._transaction() as db:
+            if parent_id is not None:
+                async with db.execute(
+                    "SELECT conversation_id FROM turns WHERE id = ?", (parent_id,)
+                ) as cursor:
+                    row = await cursor.fetchone()
+                if row is None:
+                    raise TurnNotFound(parent_id)
+                if row[0] != conversation_id:
+                    raise StoreError(
+                        f"turn #{parent_id} belongs to conversation {row[0]}, not {conversation_id}"
+                    )
+            now = self._clock()
+            async with db.execute(
+                f"INSERT INTO turns (conversation_id, parent_id, kind, owner, user_text, "
+                f"canvas_code, status, seed, params, created_at, updated_at) "
+                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_TURN_COLUMNS}",
+                (
+                    conversation_id,
+                    parent_id,
+                    kind.value,
+                    owner,
+                    user_text,
+                    canvas_code,
+                    status.value,
+                    seed,
+                    params_json,
+                    now,
+                    now,
+                ),
+            ) as cursor:
+                inserted = await cursor.fetchone()
+        assert inserted is not None
+        return _turn(inserted)
+
+    async def get_turn(self, turn_id: int) -> Turn:
+        async with self._db.execute(f"SELECT {_TURN_COLUMNS} FROM turns WHERE id = ?", (turn_id,)) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            raise TurnNotFound(turn_id)
+        return _turn(row)
+
+    async def find_turn(self, turn_id: int) -> Turn | None:
+        try:
+            return await self.get_turn(turn_id)
+        except TurnNotFound:
+            return None
+
+    async def latest_turn(
+        self, conversation_id: int, *, statuses: Sequence[TurnStatus] | None = None
+    ) -> Turn | None:
+        """The conversation's most recent turn (optionally only among `statuses`)."""
+        sql = f"SELECT {_TURN_COLUMNS} FROM turns WHERE conversation_id = ?"
+        args: list[Any] = [conversation_id]
+        if statuses is not None:
+            sql += f" AND status IN ({', '.join('?' for _ in statuses)})"
+            args += [TurnStatus(s).value for s in statuses]
+        async with self._db.execute(sql + " ORDER BY id DESC LIMIT 1", args) as cursor:
+            row = await cursor.fetchone()
+        return _turn(row) if row else None
+
+    async def update_turn(
+        self,
+        turn_id: int,
+        *,
+        status: TurnStatus | str | None = None,
+        assistant_text: str | _Unset | None = UNSET,
+        canvas_code: str | _Unset | None = UNSET,
+        error: str | _Unset | None = UNSET,
+        seed: int | _Unset | None = UNSET,
+        params: Mapping[str, Any] | _Unset = UNSET,
+        image_path: Path | str | _Unset | None = UNSET,
+    ) -> Turn:
+        """Change a turn's columns and, when `status` differs from the current one, its status.
+
+        The status change is checked against ALLOWED_TRANSITIONS in the same statement that
+        makes it (compare-and-set), so two writers can never both finish one turn.
+        """
+        sets: list[str] = []
+        args: list[Any] = []
+        for column, value in (
+            ("assistant_text", assistant_text),
+            ("canvas_code", canvas_code),
+            ("error", error),
+            ("seed", seed),
+        ):
+            if value is not UNSET:
+                sets.append(f"{column} = ?")
+                args.append(value)
+        if params is not UNSET:
+            sets.append("params = ?")
+            args.append(json.dumps(dict(params), sort_keys=True))
+        if image_path is not UNSET:
+            sets.append("image_path = ?")
+            args.append(None if image_path is None else self.relative_image_path(image_path))
+        wanted = TurnStatus(status) if status is not None else None
+        where = "id = ?"
+        where_args: list[Any] = [turn_id]
+        if wanted is not None:
+            sources = [s.value for s, targets in ALLOWED_TRANSITIONS.items() if wanted in targets]
+            sets.append("status = ?")
+            args.append(wanted.value)
+            # Staying in the same status is no transition (e.g. storing text while running).
+            where += f" AND status IN ({', '.join('?' for _ in [*sources, wanted])})"
+            where_args += [*sources, wanted.value]
+        sets.append("updated_at = ?")
+        args.append(self._clock())
+        async with self._transaction() as db:
+            async with db.execute(
+                f"UPDATE turns SET {', '.join(sets)} WHERE {where} RETURNING {_TURN_COLUMNS}",
+                [*args, *where_args],
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                async with db.execute("SELECT status FROM turns WHERE id = ?", (turn_id,)) as cur:
+                    current = await cur.fetchone()
+                if current is None:
+                    raise TurnNotFound(turn_id)
+                assert wanted is not None  # without a status change the update cannot miss
+                raise InvalidTransition(turn_id, TurnStatus(current[0]), wanted)
+        return _turn(row)
+
+    async def history(self, turn_id: int) -> list[Turn]:
+        """The chain from the root to `turn_id` (inclusive), oldest first, in one query."""
+        async with self._db.execute(
+            f"""
+            WITH RECURSIVE chain (id, depth) AS (
+                SELECT id, 0 FROM turns WHERE id = ?
+                UNION ALL
+                SELECT turns.parent_id, chain.depth + 1
+                FROM turns JOIN chain ON turns.id = chain.id
+                WHERE turns.parent_id IS NOT NULL AND chain.depth < {_MAX_DEPTH}
+            )
+            SELECT {_TURN_COLUMNS_QUALIFIED}
+            FROM chain JOIN turns ON turns.id = chain.id
+            ORDER BY chain.depth DESC
+            """,
+            (turn_id,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        if not rows:
+            raise TurnNotFound(turn_id)
+        return [_turn(row) for row in rows]
+
+    async def children(self, turn_id: int) -> list[Turn]:
+        """The turns continuing from `turn_id`, oldest first (more than one where it branched)."""
+        async with self._db.execute(
+            f"SELECT {_TURN_COLUMNS} FROM turns WHERE parent_id = ? ORDER BY id", (turn_id,)
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [_turn(row) for row in rows]
+
+    async def unfinished_turns(self) -> list[Turn]:
+        """Turns left queued or running (by a crash), oldest first, for resubmission at start."""
+        async with self._db.execute(
+            f"SELECT {_TURN_COLUMNS} FROM turns WHERE status IN ('queued', 'running') ORDER BY id"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [_turn(row) for row in rows]
+
+    # --- message links ------------------------------------------------------------------------
+
+    async def link_message(
+        self, platform: str, chat: str, message_id: str | int, turn_id: int, role: LinkRole | str
+    ) -> MessageLink:
+        """Remember that a posted message belongs to a turn (relinking a message moves it)."""
+        link = MessageLink(platform, str(chat), str(message_id), turn_id, LinkRole(role))
+        async with self._write_lock:
+            try:
+                await self._db.execute(
+                    "INSERT INTO message_links (platform, chat, message_id, turn_id, role, created_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (platform, chat, message_id) "
+                    "DO UPDATE SET turn_id = excluded.turn_id, role = excluded.role",
+                    (link.platform, link.chat, link.message_id, turn_id, link.role.value, self._clock()),
+                )
+            except aiosqlite.IntegrityError:
+                raise TurnNotFound(turn_id) from None
+        return link
+
+    async def turn_for_message(self, platform: str, chat: str, message_id: str | int) -> Turn | None:
+        """The turn a posted message belongs to (what a reply or a button press continues)."""
+        async with self._db.execute(
+            f"SELECT {_TURN_COLUMNS_QUALIFIED} "
+            "FROM message_links JOIN turns ON turns.id = message_links.turn_id "
+            "WHERE message_links.platform = ? AND message_links.chat = ? "
+            "AND message_links.message_id = ?",
+            (platform, str(chat), str(message_id)),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return _turn(row) if row else None
+
+    async def messages_for_turn(self, turn_id: int, role: LinkRole | str | None = None) -> list[MessageLink]:
+        """A turn's posted messages (e.g. its status message, to edit it in place after a restart)."""
+        sql = "SELECT platform, chat, message_id, turn_id, role FROM message_links WHERE turn_id = ?"
+        args: list[Any] = [turn_id]
+        if role is not None:
+            sql += " AND role = ?"
+            args.append(LinkRole(role).value)
+        async with self._db.execute(sql + " ORDER BY created_at, rowid", args) as cursor:
+            rows = await cursor.fetchall()
+        return [MessageLink(r[0], r[1], r[2], r[3], LinkRole(r[4])) for r in rows]
+
+    # --- settings -----------------------------------------------------------------------------
+
+    async def get_settings(
+        self, scope: SettingsScope | str, platform: str, subject: str | int
+    ) -> dict[str, Any]:
+        """A user's or chat's settings ({} when none were saved)."""
+        async with self._db.execute(
+            "SELECT value FROM settings WHERE scope = ? AND platform = ? AND subject = ?",
+            (SettingsScope(scope).value, platform, str(subject)),
+        ) as cursor:
+            row = await cursor.fetchone()
+        value: dict[str, Any] = json.loads(row[0]) if row else {}
+        return value
+
+    async def set_settings(
+        self,
+        scope: SettingsScope | str,
+        platform: str,
+        subject: str | int,
+        changes: Mapping[str, Any],
+        *,
+        replace: bool = False,
+    ) -> dict[str, Any]:
+        """Merge `changes` into the saved settings (a None value removes that key), or replace
+        them all; returns the result. The merge is one statement (SQLite's json_patch)."""
+        patch = json.dumps(dict(changes))
+        # json_patch (RFC 7396) drops null members, so a new row never stores a None either.
+        base = "'{}'" if replace else "settings.value"
+        async with (
+            self._write_lock,
+            self._db.execute(
+                "INSERT INTO settings (scope, platform, subject, value, updated_at) "
+                "VALUES (?, ?, ?, json_patch('{}', ?), ?) "
+                "ON CONFLICT (scope, platform, subject) DO UPDATE SET "
+                f"value = json_patch({base}, ?), updated_at = excluded.updated_at RETURNING value",
+                (SettingsScope(scope).value, platform, str(subject), patch, self._clock(), patch),
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        assert row is not None
+        value: dict[str, Any] = json.loads(row[0])
+        return value
+
+    # --- image files --------------------------------------------------------------------------
+
+    @property
+    def data_dir(self) -> Path | None:
+        return self._data_dir
+
+    def _require_data_dir(self) -> Path:
+        if self._data_dir is None:
+            raise ImagePathError("this store has no data directory for images")
+        return self._data_dir
+
+    def new_image_path(self, turn_id: int, suffix: str = ".png") -> Path:
+        """Where a turn's image is written: <data dir>/images/<thousands>/<turn id><suffix>.
+
+        The folder is created. Sharding by thousands keeps any one folder small.
+        """
+        if not suffix.startswith(".") or not suffix[1:].isalnum():
+            raise ImagePathError(f"an image suffix is like '.png', not {suffix!r}")
+        folder = self._require_data_dir() / "images" / f"{turn_id // 1000:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder / f"{turn_id}{suffix}"
+
+    def image_file(self, stored: Path | str) -> Path:
+        """The absolute path of an image path stored on a turn, refusing one that leaves the data
+        directory (through "..", an absolute path elsewhere or a symlink)."""
+        root = self._require_data_dir()
+        candidate = Path(stored)
+        resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
+        if not resolved.is_relative_to(root):
+            raise ImagePathError(f"{str(stored)!r} is outside the data directory")
+        return resolved
+
+    def relative_image_path(self, path: Path | str) -> str:
+        """How an image path is stored: relative to the data directory, with / separators."""
+        return self.image_file(path).relative_to(self._require_data_dir()).as_posix()
