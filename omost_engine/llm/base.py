@@ -56,9 +56,16 @@ class Generation:
         self.text = ""
 
     def __iter__(self) -> Iterator[str]:
-        for piece in self._pieces:
-            self.text += piece
-            yield piece
+        try:
+            for piece in self._pieces:
+                self.text += piece
+                yield piece
+        finally:
+            # A consumer that stops early closes this iterator; pass that on so the backend
+            # stops its model or stream instead of running on unread.
+            close = getattr(self._pieces, "close", None)
+            if close is not None:
+                close()
 
 
 class LLMBackend(Protocol):
