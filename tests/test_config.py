@@ -171,7 +171,7 @@ def test_cross_field_rules_name_the_key(tmp_path: Path) -> None:
 
 
 def test_list_items_are_named_by_index(tmp_path: Path) -> None:
-    err, path = error_for(
+    err, _path = error_for(
         tmp_path, '[access]\nadmins = [1, "telegram:2", 3.5]\nblocked_words = ["ok", "..."]\n'
     )
     keys = {p.key for p in err.problems}
@@ -220,7 +220,7 @@ def test_api_key_is_optional_but_named_when_configured(tmp_path: Path) -> None:
         write(tmp_path, '[llm]\nbackend = "openai"\nbase_url = "http://127.0.0.1:9/v1"\napi_key_env = "K"\n')
     )
     assert keyed.llm_api_key({"K": "sk-1"}) == "sk-1"
-    with pytest.raises(ConfigError, match="llm.api_key_env: the environment variable K is not set"):
+    with pytest.raises(ConfigError, match=r"llm\.api_key_env: the environment variable K is not set"):
         keyed.llm_api_key({})
 
 

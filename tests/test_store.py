@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import signal
 import subprocess
@@ -186,7 +187,7 @@ async def test_history_of_a_50_turn_chain_is_one_query_in_order(store: Store) ->
     assert [t.id for t in history] == ids
     assert [t.user_text for t in history] == [f"message {i}" for i in range(50)]
     assert history[0].parent_id is None
-    assert all(t.parent_id == prev.id for prev, t in zip(history, history[1:], strict=False))
+    assert all(t.parent_id == prev.id for prev, t in itertools.pairwise(history))
     # From the middle: the root up to that turn, nothing after it.
     assert [t.id for t in await store.history(ids[9])] == ids[:10]
 
