@@ -15,6 +15,7 @@ from typing import Protocol
 from PIL import Image
 
 from omost_engine.canvas import Canvas
+from omost_engine.errors import EngineError
 
 DEFAULT_NEGATIVE_PROMPT = "lowres, bad anatomy, bad hands, cropped, worst quality"
 
@@ -32,6 +33,51 @@ class RenderParams:
     hires_scale: float = 1.0
     hires_steps: int = 20
     hires_denoise: float = 0.4
+
+
+SIZE_MULTIPLE = 64
+MIN_SIZE, MAX_SIZE = 64, 2048
+HIRES_SCALE_RANGE = (1.0, 2.0)
+HIRES_MIN_SCALE = 1.05
+"""SPEC 6: the high-resolution fix runs when the scale is above this."""
+
+
+class InvalidRenderParams(EngineError, ValueError):
+    """Render settings that cannot be used; the message says which and what is allowed."""
+
+
+def check_params(params: RenderParams) -> None:
+    """Raise InvalidRenderParams for settings a renderer cannot honour (checked before any GPU work)."""
+    for name in ("width", "height"):
+        value = getattr(params, name)
+        if value % SIZE_MULTIPLE or not MIN_SIZE <= value <= MAX_SIZE:
+            raise InvalidRenderParams(
+                f"{name} must be a multiple of {SIZE_MULTIPLE} between {MIN_SIZE} and {MAX_SIZE}; got {value}"
+            )
+    if not 1 <= params.steps <= 150:
+        raise InvalidRenderParams(f"steps must be between 1 and 150; got {params.steps}")
+    if not 0.0 <= params.cfg <= 30.0:
+        raise InvalidRenderParams(f"cfg must be between 0 and 30; got {params.cfg}")
+    if not 0 <= params.seed < 2**63:
+        raise InvalidRenderParams(f"seed must be between 0 and 2^63 - 1; got {params.seed}")
+    low, high = HIRES_SCALE_RANGE
+    if not low <= params.hires_scale <= high:
+        raise InvalidRenderParams(f"hires scale must be between {low} and {high}; got {params.hires_scale}")
+    if not 1 <= params.hires_steps <= 150:
+        raise InvalidRenderParams(f"hires steps must be between 1 and 150; got {params.hires_steps}")
+    if not 0.0 < params.hires_denoise <= 1.0:
+        raise InvalidRenderParams(f"hires denoise must be in (0, 1]; got {params.hires_denoise}")
+
+
+def hires_size(params: RenderParams) -> tuple[int, int] | None:
+    """SPEC 6: (width, height) of the high-resolution pass, or None when it is off."""
+    if params.hires_scale <= HIRES_MIN_SCALE:
+        return None
+    s = params.hires_scale
+    return (
+        round(params.width * s / SIZE_MULTIPLE) * SIZE_MULTIPLE,
+        round(params.height * s / SIZE_MULTIPLE) * SIZE_MULTIPLE,
+    )
 
 
 @dataclass(frozen=True)

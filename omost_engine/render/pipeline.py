@@ -1,0 +1,469 @@
+"""The region-aware SDXL renderer: a canvas -> an image on the stock diffusers SDXL pipeline.
+
+`SDXLRegionalRenderer` implements `omost_engine.render.base.Renderer`. In diffusers' shape
+(check inputs, encode, prepare, denoise, decode):
+
+1. check the settings (`check_params`: sizes are multiples of 64, ...);
+2. encode the layout's regions into bag conditions (`encoding.PromptEncoder`, SPEC 5, cached);
+3. run `StableDiffusionXLPipeline` with DPM++ 2M Karras, the regional attention processor on
+   every attn2 layer (`attention.py`, SPEC 6) and the per-render region data passed as
+   `cross_attention_kwargs={"regions": ...}`; the condition and the negative prompt travel as one
+   combined token set (see attention.py for why);
+4. optionally the high-resolution fix (SPEC 6) with `StableDiffusionXLImg2ImgPipeline` sharing
+   the same components;
+5. decode with the VAE in bfloat16 (SDXL's VAE overflows in fp16).
+
+Progress goes to `on_step` after every denoising step (with a cheap latent preview), and a set
+`cancel` event raises `Cancelled` from the step callback, so a render stops within one step.
+The seed drives a CPU generator, so the same seed and settings give the same image.
+
+Memory modes: "resident" keeps the pipeline on the device; "offload" uses diffusers' model CPU
+offload (one component on the GPU at a time) plus VAE tiling, for small GPUs.
+
+Errors: weights not on disk -> ModelNotAvailable (naming `omost-bot download`); CUDA out of
+memory -> OutOfMemory naming the model; bad settings -> InvalidRenderParams.
+
+This module knows diffusers, torch and canvases; it knows nothing of chats, jobs or queues.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from PIL import Image
+
+from omost_engine.canvas import Canvas, process
+from omost_engine.canvas_code import to_code
+from omost_engine.errors import Cancelled, ModelNotAvailable, OutOfMemory
+from omost_engine.render.attention import RegionalAttention, install_regional_attention
+from omost_engine.render.base import (
+    RenderParams,
+    RenderResult,
+    Step,
+    StepCallback,
+    check_params,
+    hires_size,
+)
+from omost_engine.render.encoding import Conditions, PromptEncoder
+from omost_engine.render.latent_preview import latent_to_rgb
+from omost_engine.render.metadata import png_metadata
+
+DEFAULT_MODEL = "SG161222/RealVisXL_V4.0"
+MemoryMode = Literal["resident", "offload"]
+MEMORY_MODES: tuple[MemoryMode, ...] = ("resident", "offload")
+
+
+def dpmpp_2m_karras() -> Any:
+    """SPEC 6 sampler: DPM++ 2M with Karras sigmas over SD's scaled-linear betas 0.00085..0.012."""
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        use_karras_sigmas=True,
+        steps_offset=1,
+    )
+
+
+def _not_available(model: str, reason: str) -> ModelNotAvailable:
+    return ModelNotAvailable(
+        model,
+        f"The image model {model} is not available: {reason}. Run `omost-bot download {model}` "
+        "to fetch it, or pass a local diffusers folder or a single .safetensors file.",
+    )
+
+
+def _looks_like_path(model: str) -> bool:
+    return (
+        model.startswith(("/", "./", "../", "~"))
+        or model.endswith((".safetensors", ".ckpt"))
+        or model.count("/") != 1
+    )
+
+
+def _dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
+    """diffusers renamed from_pretrained's `torch_dtype` to `dtype` (and deprecates the old name)."""
+    try:
+        from diffusers.utils.deprecation_utils import _TORCH_DTYPE_DEPRECATION_MESSAGE  # noqa: F401
+    except ImportError:
+        return {"torch_dtype": dtype}
+    return {"dtype": dtype}
+
+
+def load_sdxl(model: str, dtype: torch.dtype, local_files_only: bool = True) -> Any:
+    """StableDiffusionXLPipeline from a hub id, a local diffusers folder or a single checkpoint.
+
+    `local_files_only` (the default) never reaches the network: weights are fetched beforehand
+    with `omost-bot download`, so a chat render never stalls on a multi-GB download.
+    """
+    from diffusers import StableDiffusionXLPipeline
+
+    path = Path(model).expanduser()
+    try:
+        if path.is_file():
+            return StableDiffusionXLPipeline.from_single_file(
+                str(path), local_files_only=local_files_only, **_dtype_kwargs(dtype)
+            )
+        if path.is_dir():
+            # Use the fp16 variant files when the folder has them (hub snapshots saved as-is).
+            variant = "fp16" if any(path.glob("unet/*.fp16.*")) else None
+            return StableDiffusionXLPipeline.from_pretrained(path, variant=variant, **_dtype_kwargs(dtype))
+        if _looks_like_path(model):
+            raise _not_available(model, f"there is no file or folder at {path}")
+        return StableDiffusionXLPipeline.from_pretrained(
+            model,
+            variant="fp16",
+            use_safetensors=True,
+            local_files_only=local_files_only,
+            **_dtype_kwargs(dtype),
+        )
+    except (OSError, ValueError) as e:  # huggingface_hub's not-found errors are OSErrors
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise _not_available(model, f"its weights could not be loaded ({first_line})") from e
+
+
+def _is_oom(error: BaseException) -> bool:
+    return isinstance(error, torch.OutOfMemoryError)
+
+
+class SDXLRegionalRenderer:
+    """Omost's regional SDXL renderer on the stock diffusers pipeline (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        memory: MemoryMode = "resident",
+        local_files_only: bool = True,
+        cache_size: int = 512,
+        preview_every: int = 1,
+    ) -> None:
+        if memory not in MEMORY_MODES:
+            raise ValueError(f"memory mode must be one of {MEMORY_MODES}; got {memory!r}")
+        self.name = model
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = dtype or (torch.float16 if self.device.type == "cuda" else torch.float32)
+        self.memory: MemoryMode = memory
+        self.local_files_only = local_files_only
+        self.cache_size = cache_size
+        self.preview_every = preview_every
+        self._pipe: Any = None
+        self._img2img: Any = None
+        self._encoder: PromptEncoder | None = None
+        self._lock = threading.Lock()
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    @property
+    def encoder(self) -> PromptEncoder:
+        """The prompt encoder (and its cache statistics); loads the pipeline if needed."""
+        self._ensure_loaded()
+        assert self._encoder is not None
+        return self._encoder
+
+    @property
+    def pipeline(self) -> Any:
+        """The loaded StableDiffusionXLPipeline (for inspection and benchmarks)."""
+        return self._ensure_loaded()
+
+    def _vae_dtype(self) -> torch.dtype:
+        if self.dtype == torch.float32:
+            return torch.float32  # fp32 does not overflow; nothing to fix
+        if self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return torch.float32  # pre-Ampere GPUs: bf16 is emulated; fp32 is the safe choice
+        return torch.bfloat16
+
+    def _ensure_loaded(self) -> Any:
+        if self._pipe is not None:
+            return self._pipe
+        pipe = load_sdxl(self.name, self.dtype, self.local_files_only)
+        pipe.scheduler = dpmpp_2m_karras()
+        if pipe.vae.dtype != self._vae_dtype():
+            pipe.vae.to(dtype=self._vae_dtype())
+        pipe.set_progress_bar_config(disable=True)
+        install_regional_attention(pipe.unet)
+        self._encoder = PromptEncoder(
+            pipe.tokenizer, pipe.tokenizer_2, pipe.text_encoder, pipe.text_encoder_2, self.cache_size
+        )
+        self._pipe = pipe
+        self._place()
+        return pipe
+
+    def _place(self) -> None:
+        """Put the pipeline where the memory mode says."""
+        pipe = self._pipe
+        if self.memory == "offload":
+            pipe.vae.enable_tiling()
+            if self.device.type != "cpu":
+                pipe.enable_model_cpu_offload(device=self.device)
+        else:
+            pipe.to(self.device)
+
+    def load(self) -> None:
+        with self._lock:
+            if self._pipe is None:
+                self._ensure_loaded()
+            elif self.memory == "resident":
+                self._pipe.to(self.device)
+
+    def unload(self) -> None:
+        with self._lock:
+            if self._pipe is None:
+                return
+            if self.memory == "resident":
+                self._pipe.to("cpu")
+            elif self.device.type != "cpu":
+                self._pipe.maybe_free_model_hooks()  # offloads every component
+            self._empty_device_cache()
+
+    def lower_memory(self) -> bool:
+        with self._lock:
+            if self.memory == "offload":
+                return False
+            self.memory = "offload"
+            if self._pipe is not None:
+                self._place()
+                self._empty_device_cache()
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._pipe = None
+            self._img2img = None
+            if self._encoder is not None:
+                self._encoder.clear_cache()
+            self._encoder = None
+            self._empty_device_cache()
+
+    def _empty_device_cache(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # --- rendering ----------------------------------------------------------------------------
+
+    def render(
+        self,
+        canvas: Canvas,
+        params: RenderParams,
+        *,
+        on_step: StepCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> RenderResult:
+        check_params(params)
+        started = time.perf_counter()
+        with self._lock:
+            try:
+                image = self._render(canvas, params, on_step, cancel)
+            except Exception as e:
+                if _is_oom(e):
+                    self._empty_device_cache()
+                    raise OutOfMemory(
+                        self.name,
+                        f"The image model {self.name} ran out of GPU memory at "
+                        f"{params.width}x{params.height} ({self.memory} mode). Try a smaller size, "
+                        "no high-resolution fix, or the 'offload' memory mode.",
+                    ) from e
+                raise
+        return RenderResult(
+            image=image,
+            params=params,
+            model=self.name,
+            seconds=time.perf_counter() - started,
+            metadata=png_metadata(to_code(canvas), params, self.name),
+        )
+
+    def _render(
+        self,
+        canvas: Canvas,
+        params: RenderParams,
+        on_step: StepCallback | None,
+        cancel: threading.Event | None,
+    ) -> Image.Image:
+        _check_cancel(cancel)
+        pipe = self._ensure_loaded()
+        assert self._encoder is not None
+        device = pipe._execution_device
+        layout = process(canvas)
+        conditions = self._encoder.encode_layout(layout, params.negative_prompt, device)
+        _check_cancel(cancel)
+        generator = torch.Generator("cpu").manual_seed(params.seed)
+
+        latents = self._denoise(
+            pipe, conditions, params.width, params.height, params, generator, on_step, cancel, "base"
+        )
+        size = hires_size(params)
+        if size is not None:
+            _check_cancel(cancel)
+            image = self._decode(pipe, latents)
+            image = image.resize(size, Image.Resampling.LANCZOS)
+            latents = self._encode_image(pipe, image)
+            _check_cancel(cancel)
+            latents = self._denoise(
+                self._img2img_pipeline(),
+                conditions,
+                size[0],
+                size[1],
+                params,
+                generator,
+                on_step,
+                cancel,
+                "hires",
+                init_latents=latents,
+            )
+        _check_cancel(cancel)
+        return self._decode(pipe, latents)
+
+    def _img2img_pipeline(self) -> Any:
+        if self._img2img is None:
+            from diffusers import StableDiffusionXLImg2ImgPipeline
+
+            # Shares every component (and the regional processors) with the base pipeline. Built
+            # directly: from_pipe() without a dtype would cast the shared modules to float32.
+            base = self._pipe
+            self._img2img = StableDiffusionXLImg2ImgPipeline(
+                vae=base.vae,
+                text_encoder=base.text_encoder,
+                text_encoder_2=base.text_encoder_2,
+                tokenizer=base.tokenizer,
+                tokenizer_2=base.tokenizer_2,
+                unet=base.unet,
+                scheduler=base.scheduler,
+                requires_aesthetics_score=False,
+                add_watermarker=False,
+            )
+            self._img2img.set_progress_bar_config(disable=True)
+        return self._img2img
+
+    def _denoise(
+        self,
+        pipe: Any,
+        conditions: Conditions,
+        width: int,
+        height: int,
+        params: RenderParams,
+        generator: torch.Generator,
+        on_step: StepCallback | None,
+        cancel: threading.Event | None,
+        phase: str,
+        init_latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        unet = pipe.unet
+        dtype = unet.dtype
+        # One combined token set [regions ; negative] for both CFG halves: attention.py's block
+        # mask gives each half its own tokens (the stock pipeline needs equal shapes anyway).
+        combined = torch.cat([conditions.positive, conditions.negative], dim=1).to(dtype)
+        factor = pipe.vae_scale_factor
+        cfg = params.cfg > 1.0 and unet.config.time_cond_proj_dim is None  # diffusers' own rule
+        regions = RegionalAttention(
+            boxes=[r.box for r in conditions.regions],
+            token_counts=[r.embeds.shape[1] for r in conditions.regions],
+            negative_tokens=conditions.negative.shape[1],
+            latent_size=(height // factor, width // factor),
+            cfg=cfg,
+        )
+        step_end = self._step_callback(on_step, cancel, phase)
+        common: dict[str, Any] = dict(
+            prompt_embeds=combined,
+            negative_prompt_embeds=combined,
+            pooled_prompt_embeds=conditions.pooled.to(dtype),
+            negative_pooled_prompt_embeds=conditions.negative_pooled.to(dtype),
+            guidance_scale=params.cfg,
+            generator=generator,
+            output_type="latent",
+            cross_attention_kwargs={"regions": regions},
+            original_size=(height, width),  # SPEC 6 micro-conditioning
+            target_size=(height, width),
+            crops_coords_top_left=(0, 0),
+            callback_on_step_end=step_end,
+            callback_on_step_end_tensor_inputs=["latents"],
+        )
+        if init_latents is None:
+            out = pipe(width=width, height=height, num_inference_steps=params.steps, **common)
+        else:
+            # SPEC 6: denoise 0.4 "over 20 steps": the Karras schedule of steps / denoise, of which
+            # diffusers' strength runs the last `hires_steps` (the reference's own arrangement).
+            total = max(params.hires_steps, round(params.hires_steps / params.hires_denoise))
+            out = pipe(
+                image=init_latents,
+                strength=params.hires_denoise,
+                num_inference_steps=total,
+                **common,
+            )
+        latents: torch.Tensor = out.images
+        return latents
+
+    def _step_callback(
+        self, on_step: StepCallback | None, cancel: threading.Event | None, phase: str
+    ) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
+        def step_end(pipe: Any, index: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            _check_cancel(cancel)
+            if on_step is not None:
+                preview = None
+                if self.preview_every > 0 and (index + 1) % self.preview_every == 0:
+                    preview = latent_to_rgb(_denoised_estimate(pipe, kwargs["latents"]))
+                on_step(Step(index=index + 1, total=pipe.num_timesteps, preview=preview, phase=phase))
+            return kwargs
+
+        return step_end
+
+    @torch.no_grad()
+    def _decode(self, pipe: Any, latents: torch.Tensor) -> Image.Image:
+        vae = pipe.vae
+        latents = latents.to(dtype=vae.dtype)
+        config = vae.config
+        mean = getattr(config, "latents_mean", None)
+        std = getattr(config, "latents_std", None)
+        if mean is not None and std is not None:
+            shape = (1, config.latent_channels, 1, 1)
+            m = torch.tensor(mean).view(shape).to(latents)
+            s = torch.tensor(std).view(shape).to(latents)
+            latents = latents * s / config.scaling_factor + m
+        else:
+            latents = latents / config.scaling_factor
+        decoded = vae.decode(latents.to(pipe._execution_device), return_dict=False)[0]
+        images: list[Image.Image] = pipe.image_processor.postprocess(decoded.float(), output_type="pil")
+        return images[0]
+
+    @torch.no_grad()
+    def _encode_image(self, pipe: Any, image: Image.Image) -> torch.Tensor:
+        """SPEC 6: VAE-encode, the distribution's mode times the scaling factor."""
+        vae = pipe.vae
+        pixels = pipe.image_processor.preprocess(image).to(pipe._execution_device, dtype=vae.dtype)
+        latents = vae.encode(pixels).latent_dist.mode()
+        config = vae.config
+        mean = getattr(config, "latents_mean", None)
+        std = getattr(config, "latents_std", None)
+        if mean is not None and std is not None:
+            shape = (1, config.latent_channels, 1, 1)
+            m = torch.tensor(mean).view(shape).to(latents)
+            s = torch.tensor(std).view(shape).to(latents)
+            latents = (latents - m) * config.scaling_factor / s
+        else:
+            latents = latents * config.scaling_factor
+        result: torch.Tensor = latents.to(pipe.unet.dtype)
+        return result
+
+
+def _denoised_estimate(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+    """The sampler's current x0 estimate when it keeps one (DPM++ does), else the noisy latents."""
+    outputs = getattr(pipe.scheduler, "model_outputs", None)
+    if outputs and outputs[-1] is not None and outputs[-1].shape == latents.shape:
+        estimate: torch.Tensor = outputs[-1]
+        return estimate
+    return latents
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("render cancelled")
