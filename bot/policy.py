@@ -12,7 +12,8 @@ Rules, in the order they are checked:
    ("123", any platform) or platform-qualified ("telegram:123").
 2. Blocked words, for everyone (the operator's content rule): case-insensitive, whole words and
    phrases, after folding accents, invisible characters, spaced-out letters ("b a d"), separators
-   ("b.a.d", "bad-word"), run-together phrases ("badword") and common digit/symbol swaps ("b4d").
+   ("b.a.d", "bad-word"), run-together phrases ("badword"), common digit/symbol swaps ("b4d") and
+   plain plurals ("words"). Substrings never match: blocking "ass" leaves "class" alone.
 3. The queue cap, for everyone (it protects the shared queue).
 4. The rate limit; admins are exempt. A request counts against it only once it is let through.
 
@@ -139,12 +140,15 @@ class BlockedWords:
         self._phrases: dict[str, list[tuple[str, ...]]] = {}
         self._compact: set[str] = set()
         for entry in entries:
-            tokens = tuple(_TOKEN.findall(_fold(entry)))
-            if not tokens:
+            base = tuple(_TOKEN.findall(_fold(entry)))
+            if not base:
                 continue
-            self._phrases.setdefault(tokens[0], []).append(tokens)
-            if len(tokens) > 1:
-                self._compact.add("".join(tokens))  # "bad word" also catches "badword"
+            # Plurals of the last word ("gun" also catches "guns"), never other substrings.
+            for ending in ("", "s", "es"):
+                tokens = (*base[:-1], base[-1] + ending)
+                self._phrases.setdefault(tokens[0], []).append(tokens)
+                if len(tokens) > 1:
+                    self._compact.add("".join(tokens))  # "bad word" also catches "badword"
 
     def __bool__(self) -> bool:
         return bool(self._phrases)
