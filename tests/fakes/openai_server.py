@@ -1,0 +1,205 @@
+"""A fake OpenAI-compatible server on 127.0.0.1 that streams chat completions the way vLLM does.
+
+POST /v1/chat/completions with `"stream": true` answers `text/event-stream` over chunked
+transfer encoding: a first chunk with the assistant role, one `data: {json}` event per piece
+(choices[0].delta.content), a last chunk with finish_reason, a usage chunk when the request asked
+for it (stream_options.include_usage), then `data: [DONE]`. Errors use vLLM/OpenAI's JSON shape:
+{"object": "error", "message", "type", "code"} for 404 and {"error": {...}} otherwise.
+
+Fault injection: `server.faults` is a queue of fault names, one consumed per request:
+
+    "401"    wrong or missing API key           "404"   unknown model (also any model not served)
+    "429"    rate limited, Retry-After header   "500"/"503"  server error
+    "drop"   closes the connection mid-stream   "drop_clean"  ends the body early, no [DONE]
+    "reset"  closes the connection before answering
+    "slow"   waits `slow_seconds` before every event
+    "error_event"  sends an error event in the middle of the stream (vLLM does this)
+
+Requests are recorded (`server.requests`: headers and JSON bodies) so tests can check what a
+client sent. This module knows nothing of the project's backends.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-stream (cancel, timeout) is expected here, not a failure.
+        pass
+
+
+@dataclass
+class RecordedRequest:
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class FakeOpenAIServer:
+    """Start with `with FakeOpenAIServer() as server:`; `server.base_url` ends in /v1."""
+
+    models: tuple[str, ...] = ("omost-llama-3-8b",)
+    api_key: str | None = None
+    reply: str = "```python\ncanvas = Canvas()\n```"
+    piece_chars: int = 4  # the fake "tokenizer": the reply is streamed in pieces of this size
+    retry_after: str = "1"
+    slow_seconds: float = 0.3
+    faults: deque[str] = field(default_factory=deque)
+    requests: list[RecordedRequest] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._httpd: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def base_url(self) -> str:
+        assert self._httpd is not None, "server not started"
+        host, port = self._httpd.server_address[:2]
+        return f"http://{host}:{port}/v1"
+
+    def pieces(self) -> list[str]:
+        return [self.reply[i : i + self.piece_chars] for i in range(0, len(self.reply), self.piece_chars)]
+
+    def __enter__(self) -> FakeOpenAIServer:
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self._httpd = _QuietServer(("127.0.0.1", 0), handler)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.05,), name="fake-openai", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        assert self._httpd is not None and self._thread is not None
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    fake: FakeOpenAIServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _json(self, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _error(self, status: int, message: str, kind: str, headers: dict[str, str] | None = None) -> None:
+        if status == 404:  # vLLM's shape
+            self._json(
+                status, {"object": "error", "message": message, "type": kind, "param": None, "code": status}
+            )
+        else:  # OpenAI's shape
+            self._json(status, {"error": {"message": message, "type": kind, "code": status}}, headers)
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+    def _event(self, payload: dict[str, Any] | str) -> None:
+        text = payload if isinstance(payload, str) else json.dumps(payload)
+        self._chunk(f"data: {text}\n\n".encode())
+
+    # --- the endpoint ------------------------------------------------------------------------
+
+    def do_POST(self) -> None:
+        fake = self.fake
+        length = int(self.headers.get("Content-Length", "0"))
+        raw = self.rfile.read(length)
+        body = json.loads(raw or b"{}")
+        fake.requests.append(RecordedRequest(self.path, dict(self.headers.items()), body))
+        fault = fake.faults.popleft() if fake.faults else ""
+
+        if fault == "reset":
+            self.close_connection = True
+            self.connection.close()
+            return
+        if self.path != "/v1/chat/completions":
+            self._error(404, f"Not Found: {self.path}", "NotFoundError")
+            return
+        if fault == "401" or (fake.api_key and self.headers.get("Authorization") != f"Bearer {fake.api_key}"):
+            self._error(401, "Incorrect API key provided.", "invalid_request_error")
+            return
+        model = body.get("model")
+        if fault == "404" or model not in fake.models:
+            self._error(404, f"The model `{model}` does not exist.", "NotFoundError")
+            return
+        if fault == "429":
+            self._error(429, "Rate limit reached.", "rate_limit_exceeded", {"Retry-After": fake.retry_after})
+            return
+        if fault in ("500", "503"):
+            self._error(int(fault), "Internal server error: CUDA error", "InternalServerError")
+            return
+        self._stream(body, fault)
+
+    def _stream(self, body: dict[str, Any], fault: str) -> None:
+        fake = self.fake
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        if fault == "drop_clean":  # close-delimited body (no chunked framing): ends "cleanly"
+            self.send_header("Connection", "close")
+            self.end_headers()
+            self.close_connection = True
+        else:
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+        base = {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time())}
+        base["model"] = body["model"]
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+            return {**base, "choices": [choice]}
+
+        def send(payload: dict[str, Any] | str) -> None:
+            if fault == "slow":
+                time.sleep(fake.slow_seconds)
+            if fault == "drop_clean":
+                text = payload if isinstance(payload, str) else json.dumps(payload)
+                self.wfile.write(f"data: {text}\n\n".encode())
+                self.wfile.flush()
+            else:
+                self._event(payload)
+
+        pieces = fake.pieces()
+        limit = int(body.get("max_tokens") or len(pieces))
+        sent = pieces[:limit]
+        send(chunk({"role": "assistant", "content": ""}))
+        for i, piece in enumerate(sent):
+            if fault in ("drop", "drop_clean") and i == len(sent) // 2:
+                self.close_connection = True
+                self.connection.shutdown(2)  # mid-stream: no terminating chunk, no [DONE]
+                self.connection.close()
+                return
+            if fault == "error_event" and i == len(sent) // 2:
+                send({"error": {"message": "The engine died", "type": "InternalServerError", "code": 500}})
+                send("[DONE]")
+                self._chunk(b"")
+                return
+            send(chunk({"content": piece}))
+        send(chunk({}, "length" if limit < len(pieces) else "stop"))
+        if (body.get("stream_options") or {}).get("include_usage"):
+            send({**base, "choices": [], "usage": {"prompt_tokens": 42, "completion_tokens": len(sent)}})
+        send("[DONE]")
+        self._chunk(b"")
