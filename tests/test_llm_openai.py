@@ -199,3 +199,21 @@ def test_remote_backend_holds_no_gpu(server: FakeOpenAIServer) -> None:
     b.load()
     assert answer(b)[0] == server.reply
     b.close()
+
+
+def test_factory_builds_each_kind_and_rejects_nonsense(server: FakeOpenAIServer, tmp_path: object) -> None:
+    from omost_engine.llm import create_backend
+    from omost_engine.llm.local import LocalBackend
+
+    remote = create_backend("openai", MODEL, base_url=server.base_url)
+    assert isinstance(remote, OpenAIBackend) and remote.remote
+    assert answer(remote)[0] == server.reply  # type: ignore[arg-type]
+    local = create_backend("local", "some/model", quantize="4bit", device="cpu")
+    assert isinstance(local, LocalBackend) and not local.remote and not local.loaded
+    assert local.quantize == "4bit"
+    with pytest.raises(ValueError, match="needs base_url"):
+        create_backend("openai", MODEL)
+    with pytest.raises(ValueError, match="server quantises its own model"):
+        create_backend("openai", MODEL, base_url=server.base_url, quantize="8bit")
+    with pytest.raises(ValueError, match="unknown language-model backend 'gpt'"):
+        create_backend("gpt", MODEL)  # type: ignore[arg-type]
