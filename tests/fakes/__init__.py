@@ -1,0 +1,1 @@
+"""Fakes for the tests and benchmarks: model backends that honour the engine interfaces."""
