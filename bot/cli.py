@@ -16,6 +16,7 @@ from types import ModuleType
 # name -> module. Order is the order `omost-bot --help` lists them.
 COMMANDS: dict[str, str] = {
     "preview": "bot.commands.preview",
+    "download": "bot.commands.download",
 }
 
 
