@@ -15,8 +15,12 @@ from types import ModuleType
 
 # name -> module. Order is the order `omost-bot --help` lists them.
 COMMANDS: dict[str, str] = {
+    "run": "bot.commands.run",
+    "chat": "bot.commands.chat",
     "preview": "bot.commands.preview",
+    "render": "bot.commands.render",
     "download": "bot.commands.download",
+    "doctor": "bot.commands.doctor",
 }
 
 

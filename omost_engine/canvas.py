@@ -341,3 +341,46 @@ def process(canvas: Canvas) -> Layout:
         color = np.array(region.rgb, dtype=np.float32)
         sketch[top:bottom, left:right] = 0.7 * color + 0.3 * sketch[top:bottom, left:right]
     return Layout(regions=tuple(regions), color_sketch=sketch)
+
+
+# --- what changed between two canvases (for the chat's change summary) -------------------------
+
+
+@dataclass(frozen=True)
+class CanvasDiff:
+    """Regions matched by their short description (case-insensitive) between two canvases."""
+
+    added: tuple[Region, ...]
+    removed: tuple[Region, ...]
+    changed: tuple[tuple[Region, Region], ...]  # (before, after)
+    global_changed: bool
+
+    @property
+    def unchanged(self) -> bool:
+        return not (self.added or self.removed or self.changed or self.global_changed)
+
+
+def diff_canvases(before: Canvas, after: Canvas) -> CanvasDiff:
+    def key(region: Region) -> str:
+        return " ".join(region.description.lower().split())
+
+    old: dict[str, list[Region]] = {}
+    for region in before.regions:
+        old.setdefault(key(region), []).append(region)
+    added: list[Region] = []
+    changed: list[tuple[Region, Region]] = []
+    for region in after.regions:
+        matches = old.get(key(region))
+        if not matches:
+            added.append(region)
+            continue
+        previous = matches.pop(0)
+        if previous != region:
+            changed.append((previous, region))
+    removed = tuple(r for regions in old.values() for r in regions)
+    return CanvasDiff(
+        added=tuple(added),
+        removed=removed,
+        changed=tuple(changed),
+        global_changed=before.global_description != after.global_description,
+    )

@@ -1,0 +1,96 @@
+"""`omost-bot doctor`: what this machine and config give the bot: GPU and VRAM, whether the
+weights are on disk, which tokens are set, and the config in force (secrets never printed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+HELP = "check GPU, weights, tokens and the config in force"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", type=Path, help="config file (default ./config.toml if present)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def _gpu() -> dict[str, Any]:
+    try:
+        import torch
+    except ImportError:
+        return {"available": False, "note": "torch is not installed"}
+    if not torch.cuda.is_available():
+        return {"available": False, "torch": torch.__version__, "note": "no CUDA GPU: models run on the CPU (slowly)"}
+    props = torch.cuda.get_device_properties(0)
+    return {
+        "available": True,
+        "torch": torch.__version__,
+        "name": props.name,
+        "vram_gib": round(props.total_memory / 2**30, 1),
+    }
+
+
+def _weights(model: str) -> dict[str, Any]:
+    path = Path(model).expanduser()
+    if path.exists():
+        return {"model": model, "present": True, "where": str(path)}
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        repos = {r.repo_id for r in scan_cache_dir().repos}
+    except Exception:  # no cache yet
+        repos = set()
+    present = model in repos
+    return {
+        "model": model,
+        "present": present,
+        "where": "Hugging Face cache" if present else f"missing: run `omost-bot download` or point config at a folder",
+    }
+
+
+def report(config: Any) -> dict[str, Any]:
+    tokens = {}
+    for key in ("telegram.token_env", "discord.token_env", "llm.api_key_env"):
+        name = config.secret_env(key)
+        if name:
+            tokens[key] = {"variable": name, "set": bool(os.environ.get(name))}
+    llm_weights = (
+        {"model": config.llm.model, "present": None, "where": f"remote server {config.llm.base_url}"}
+        if config.llm.backend == "openai"
+        else _weights(config.llm.model)
+    )
+    return {
+        "config": config.source,
+        "gpu": _gpu(),
+        "weights": {"llm": llm_weights, "render": _weights(config.render.model)},
+        "tokens": tokens,
+        "platforms": {"telegram": config.telegram.enabled, "discord": config.discord.enabled},
+        "settings": json.loads(config.model_dump_json()),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    from bot.commands.chat import load
+
+    config = load(args)
+    data = report(config)
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    gpu = data["gpu"]
+    print(f"config:   {data['config']}")
+    if gpu["available"]:
+        print(f"gpu:      {gpu['name']}, {gpu['vram_gib']} GiB VRAM (torch {gpu['torch']})")
+    else:
+        print(f"gpu:      none ({gpu['note']})")
+    for name, w in data["weights"].items():
+        state = "ok" if w["present"] else ("remote" if w["present"] is None else "MISSING")
+        print(f"{name + ':':9} {w['model']} [{state}] {w['where']}")
+    for key, t in data["tokens"].items():
+        print(f"token:    {key} -> ${t['variable']} {'set' if t['set'] else 'NOT SET'}")
+    enabled = [p for p, on in data["platforms"].items() if on] or ["terminal chat only"]
+    print(f"platforms: {', '.join(enabled)}")
+    return 0
