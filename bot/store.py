@@ -374,9 +374,16 @@ class Store:
                 raise
             await self._db.execute("COMMIT")
 
+    async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        """Run a read and fetch every row in one hop to the connection's thread (not three)."""
+        return list(await self._db.execute_fetchall(sql, args))
+
+    async def _row(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        rows = await self._rows(sql, args)
+        return rows[0] if rows else None
+
     async def journal_mode(self) -> str:
-        async with self._db.execute("PRAGMA journal_mode") as cursor:
-            row = await cursor.fetchone()
+        row = await self._row("PRAGMA journal_mode")
         return str(row[0]) if row else ""
 
     # --- conversations ------------------------------------------------------------------------
@@ -395,11 +402,10 @@ class Store:
             return await self._insert_conversation(db, platform, chat, thread)
 
     async def get_conversation(self, conversation_id: int) -> Conversation | None:
-        async with self._db.execute(
+        row = await self._row(
             "SELECT id, platform, chat, thread, created_at FROM conversations WHERE id = ?",
             (conversation_id,),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return _conversation(row) if row else None
 
     async def _latest_conversation(
@@ -481,8 +487,7 @@ class Store:
         return _turn(inserted)
 
     async def get_turn(self, turn_id: int) -> Turn:
-        async with self._db.execute(f"SELECT {_TURN_COLUMNS} FROM turns WHERE id = ?", (turn_id,)) as cursor:
-            row = await cursor.fetchone()
+        row = await self._row(f"SELECT {_TURN_COLUMNS} FROM turns WHERE id = ?", (turn_id,))
         if row is None:
             raise TurnNotFound(turn_id)
         return _turn(row)
@@ -502,8 +507,7 @@ class Store:
         if statuses is not None:
             sql += f" AND status IN ({', '.join('?' for _ in statuses)})"
             args += [TurnStatus(s).value for s in statuses]
-        async with self._db.execute(sql + " ORDER BY id DESC LIMIT 1", args) as cursor:
-            row = await cursor.fetchone()
+        row = await self._row(sql + " ORDER BY id DESC LIMIT 1", args)
         return _turn(row) if row else None
 
     async def update_turn(
@@ -569,7 +573,7 @@ class Store:
 
     async def history(self, turn_id: int) -> list[Turn]:
         """The chain from the root to `turn_id` (inclusive), oldest first, in one query."""
-        async with self._db.execute(
+        rows = await self._rows(
             f"""
             WITH RECURSIVE chain (id, depth) AS (
                 SELECT id, 0 FROM turns WHERE id = ?
@@ -583,26 +587,23 @@ class Store:
             ORDER BY chain.depth DESC
             """,
             (turn_id,),
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
         if not rows:
             raise TurnNotFound(turn_id)
         return [_turn(row) for row in rows]
 
     async def children(self, turn_id: int) -> list[Turn]:
         """The turns continuing from `turn_id`, oldest first (more than one where it branched)."""
-        async with self._db.execute(
+        rows = await self._rows(
             f"SELECT {_TURN_COLUMNS} FROM turns WHERE parent_id = ? ORDER BY id", (turn_id,)
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
         return [_turn(row) for row in rows]
 
     async def unfinished_turns(self) -> list[Turn]:
         """Turns left queued or running (by a crash), oldest first, for resubmission at start."""
-        async with self._db.execute(
+        rows = await self._rows(
             f"SELECT {_TURN_COLUMNS} FROM turns WHERE status IN ('queued', 'running') ORDER BY id"
-        ) as cursor:
-            rows = await cursor.fetchall()
+        )
         return [_turn(row) for row in rows]
 
     # --- message links ------------------------------------------------------------------------
@@ -626,14 +627,13 @@ class Store:
 
     async def turn_for_message(self, platform: str, chat: str, message_id: str | int) -> Turn | None:
         """The turn a posted message belongs to (what a reply or a button press continues)."""
-        async with self._db.execute(
+        row = await self._row(
             f"SELECT {_TURN_COLUMNS_QUALIFIED} "
             "FROM message_links JOIN turns ON turns.id = message_links.turn_id "
             "WHERE message_links.platform = ? AND message_links.chat = ? "
             "AND message_links.message_id = ?",
             (platform, str(chat), str(message_id)),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         return _turn(row) if row else None
 
     async def messages_for_turn(self, turn_id: int, role: LinkRole | str | None = None) -> list[MessageLink]:
@@ -643,8 +643,7 @@ class Store:
         if role is not None:
             sql += " AND role = ?"
             args.append(LinkRole(role).value)
-        async with self._db.execute(sql + " ORDER BY created_at, rowid", args) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self._rows(sql + " ORDER BY created_at, rowid", args)
         return [MessageLink(r[0], r[1], r[2], r[3], LinkRole(r[4])) for r in rows]
 
     # --- settings -----------------------------------------------------------------------------
@@ -653,11 +652,10 @@ class Store:
         self, scope: SettingsScope | str, platform: str, subject: str | int
     ) -> dict[str, Any]:
         """A user's or chat's settings ({} when none were saved)."""
-        async with self._db.execute(
+        row = await self._row(
             "SELECT value FROM settings WHERE scope = ? AND platform = ? AND subject = ?",
             (SettingsScope(scope).value, platform, str(subject)),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
         value: dict[str, Any] = json.loads(row[0]) if row else {}
         return value
 
