@@ -102,7 +102,7 @@ CASES = [
 def test_fused_equals_literal_spec6_with_cfg_batch(
     seed: int, latent: tuple[int, int], level: int, channels: int, context_dim: int, heads: int, regions: int
 ) -> None:
-    attn, boxes, counts, tokens, negative, gen = make_case(seed, channels, context_dim, heads, regions)
+    attn, boxes, _counts, tokens, negative, gen = make_case(seed, channels, context_dim, heads, regions)
     height, width = latent
     for _ in range(level):
         height, width = (height + 1) // 2, (width + 1) // 2
@@ -183,7 +183,7 @@ def test_masks_and_scales_are_built_once_per_resolution() -> None:
 
 
 def test_token_count_mismatch_is_an_error() -> None:
-    attn, boxes, counts, tokens, negative, _ = make_case(6, 16, 8, 2, 1)
+    attn, boxes, counts, _tokens, negative, _ = make_case(6, 16, 8, 2, 1)
     context = RegionalAttention(boxes, counts, negative.shape[1], (4, 4), cfg=False)
     with pytest.raises(ValueError, match="tokens"):
         RegionalAttnProcessor()(attn, torch.randn(1, 16, 16), torch.randn(1, 3, 8), regions=context)
