@@ -28,7 +28,9 @@ Errors:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -272,16 +274,31 @@ async def migrate(db: aiosqlite.Connection, *, upto: int | None = None) -> list[
     for name, fn in MIGRATIONS[:upto]:
         if name in done:
             continue
-        await db.execute("BEGIN IMMEDIATE")
-        try:
+        async with _immediate_transaction(db):
+            # Another process may have applied it since we looked; the write lock is ours now.
+            if name in await applied_migrations(db):
+                continue
             await fn(db)
             await db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (name, time.time()))
-        except BaseException:
-            await db.execute("ROLLBACK")
-            raise
-        await db.execute("COMMIT")
         applied.append(name)
     return applied
+
+
+@asynccontextmanager
+async def _immediate_transaction(db: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error or cancellation.
+
+    aiosqlite runs statements in order on its thread, so a ROLLBACK queued after a BEGIN whose
+    await was cancelled still follows it; "no transaction is active" is then harmless.
+    """
+    try:
+        await db.execute("BEGIN IMMEDIATE")
+        yield db
+        await db.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.OperationalError):
+            await db.execute("ROLLBACK")
+        raise
 
 
 # --- the store --------------------------------------------------------------------------------
@@ -365,14 +382,8 @@ class Store:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._write_lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            await self._db.execute("COMMIT")
+        async with self._write_lock, _immediate_transaction(self._db) as db:
+            yield db
 
     async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
         """Run a read and fetch every row in one hop to the connection's thread (not three)."""

@@ -407,3 +407,27 @@ async def test_image_paths_that_escape_the_data_dir_are_refused(tmp_path: Path) 
         assert (await store.get_turn(turn_id)).image_path is None
         with pytest.raises(ImagePathError):
             store.new_image_path(turn_id, suffix="/../../x")
+
+
+async def test_writes_cancelled_at_any_point_leave_the_store_usable(store: Store) -> None:
+    conversation = await store.get_or_create_conversation("telegram", "1")
+    finished = 0
+    for delay in range(30):
+        task = asyncio.create_task(
+            store.create_turn(conversation_id=conversation.id, parent_id=None, kind="compose", owner="7")
+        )
+        for _ in range(delay):
+            await asyncio.sleep(0)
+        task.cancel()
+        try:
+            await task
+            finished += 1
+        except asyncio.CancelledError:
+            pass
+    # Every write that reported success is there (one cancelled while committing may be too: its
+    # outcome is unknown to the caller, as with any database), and writing still works.
+    rows = await store.connection.execute_fetchall("SELECT count(*) FROM turns")
+    assert finished <= list(rows)[0][0] <= 30
+    turn = await store.create_turn(conversation_id=conversation.id, parent_id=None, kind="compose", owner="7")
+    assert (await store.get_turn(turn.id)).owner == "7"
+    assert not store.connection.in_transaction
