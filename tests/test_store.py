@@ -427,7 +427,8 @@ async def test_writes_cancelled_at_any_point_leave_the_store_usable(store: Store
     # Every write that reported success is there (one cancelled while committing may be too: its
     # outcome is unknown to the caller, as with any database), and writing still works.
     rows = await store.connection.execute_fetchall("SELECT count(*) FROM turns")
-    assert finished <= list(rows)[0][0] <= 30
+    (count,) = next(iter(rows))
+    assert finished <= count <= 30
     turn = await store.create_turn(conversation_id=conversation.id, parent_id=None, kind="compose", owner="7")
     assert (await store.get_turn(turn.id)).owner == "7"
     assert not store.connection.in_transaction
