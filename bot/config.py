@@ -48,7 +48,6 @@ DEFAULT_NEGATIVE_PROMPT = "lowres, bad anatomy, bad hands, cropped, worst qualit
 """SPEC 5.7."""
 
 DATABASE_FILE = "omost-bot.sqlite3"
-IMAGES_DIR = "images"
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -118,6 +117,15 @@ def _device(value: object) -> object:
 Device = Annotated[str, BeforeValidator(_device)]
 
 
+def _http_url(value: object) -> object:
+    if isinstance(value, str) and not re.match(r"https?://[^\s/]+", value):
+        raise PydanticCustomError("config_url", "expected an http:// or https:// URL")
+    return value
+
+
+HttpUrl = Annotated[str, BeforeValidator(_http_url)]
+
+
 def _multiple_of_64(value: int) -> int:
     if value % 64:
         lower, upper = value // 64 * 64, (value // 64 + 1) * 64
@@ -147,17 +155,14 @@ class DataConfig(_Section):
 
     @property
     def database(self) -> Path:
+        """The SQLite file; the store keeps images beside it, under images/."""
         return self.dir / DATABASE_FILE
-
-    @property
-    def images(self) -> Path:
-        return self.dir / IMAGES_DIR
 
 
 class LLMConfig(_Section):
     backend: Literal["local", "openai"] = "local"
     model: str = "lllyasviel/omost-llama-3-8b-4bits"
-    base_url: str | None = None
+    base_url: HttpUrl | None = None
     api_key_env: EnvName | None = None
     temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.6
     top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
@@ -180,12 +185,6 @@ class LLMConfig(_Section):
             raise PydanticCustomError(
                 "config_key",
                 'is required when backend = "openai" (e.g. "http://127.0.0.1:8000/v1")',
-                {"key": "base_url"},
-            )
-        if self.base_url is not None and not re.match(r"https?://", self.base_url):
-            raise PydanticCustomError(
-                "config_key",
-                "expected an http:// or https:// URL",
                 {"key": "base_url"},
             )
         return self
@@ -259,7 +258,7 @@ class AccessConfig(_Section):
 class TelegramConfig(_Section):
     enabled: bool = False
     token_env: EnvName = "TELEGRAM_BOT_TOKEN"
-    base_url: str = "https://api.telegram.org"
+    base_url: HttpUrl = "https://api.telegram.org"
     """The Bot API server root; the adapter appends /bot<token> and /file/bot<token>."""
 
 
@@ -347,7 +346,7 @@ class Config(_Section):
 # --- loading ----------------------------------------------------------------------------------
 
 
-def load_config(path: Path | None = None) -> Config:
+def load_config(path: Path | str | None = None) -> Config:
     """Read and validate a config file.
 
     With no path, ./config.toml is read when it exists, else every default is used. Relative
@@ -358,6 +357,7 @@ def load_config(path: Path | None = None) -> Config:
             config = Config()
             return config.model_copy(update={"data": DataConfig(dir=Path.cwd() / config.data.dir)})
         path = DEFAULT_CONFIG_FILE
+    path = Path(path)
     source = str(path)
     try:
         raw = path.read_bytes()

@@ -235,3 +235,13 @@ def test_config_is_immutable() -> None:
     config = Config()
     with pytest.raises(ValueError):
         config.render.width = 128  # type: ignore[misc]
+
+
+def test_urls_must_be_http(tmp_path: Path) -> None:
+    err, path = error_for(tmp_path, '[llm]\nbackend = "openai"\nbase_url = "localhost:8000/v1"\n')
+    assert (
+        str(err)
+        == f"{path}: llm.base_url: expected an http:// or https:// URL, got 'localhost:8000/v1' (a string)"
+    )
+    config = load_config(write(tmp_path, '[telegram]\nbase_url = "http://127.0.0.1:8081"\n'))
+    assert config.telegram.base_url == "http://127.0.0.1:8081"
