@@ -399,18 +399,24 @@ class Store:
 
     # --- conversations ------------------------------------------------------------------------
 
-    async def get_or_create_conversation(self, platform: str, chat: str, thread: str = "") -> Conversation:
+    async def get_or_create_conversation(
+        self, platform: str, chat: str | int, thread: str | int = ""
+    ) -> Conversation:
         """The latest conversation for (platform, chat, thread), created if there is none."""
+        chat, thread = str(chat), str(thread)
+        found = await self._latest_conversation(self._db, platform, chat, thread)
+        if found is not None:  # the common case needs no write lock
+            return found
         async with self._transaction() as db:
             found = await self._latest_conversation(db, platform, chat, thread)
             if found is not None:
                 return found
             return await self._insert_conversation(db, platform, chat, thread)
 
-    async def new_conversation(self, platform: str, chat: str, thread: str = "") -> Conversation:
+    async def new_conversation(self, platform: str, chat: str | int, thread: str | int = "") -> Conversation:
         """Start a fresh conversation under this key (/new); it becomes the key's latest."""
         async with self._transaction() as db:
-            return await self._insert_conversation(db, platform, chat, thread)
+            return await self._insert_conversation(db, platform, str(chat), str(thread))
 
     async def get_conversation(self, conversation_id: int) -> Conversation | None:
         row = await self._row(
@@ -422,12 +428,12 @@ class Store:
     async def _latest_conversation(
         self, db: aiosqlite.Connection, platform: str, chat: str, thread: str
     ) -> Conversation | None:
-        async with db.execute(
+        rows = await db.execute_fetchall(
             "SELECT id, platform, chat, thread, created_at FROM conversations "
             "WHERE platform = ? AND chat = ? AND thread = ? ORDER BY id DESC LIMIT 1",
             (platform, chat, thread),
-        ) as cursor:
-            row = await cursor.fetchone()
+        )
+        row = next(iter(rows), None)
         return _conversation(row) if row else None
 
     async def _insert_conversation(

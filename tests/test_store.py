@@ -144,6 +144,7 @@ async def test_file_database_runs_in_wal_mode(store: Store) -> None:
 async def test_conversations_are_per_platform_chat_and_thread(store: Store) -> None:
     a = await store.get_or_create_conversation("telegram", "1")
     assert await store.get_or_create_conversation("telegram", "1") == a
+    assert await store.get_or_create_conversation("telegram", 1) == a  # platform ids may be ints
     assert (await store.get_or_create_conversation("telegram", "1", "topic 5")).id != a.id
     assert (await store.get_or_create_conversation("discord", "1")).id != a.id
     assert a.thread == ""
