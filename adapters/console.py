@@ -98,12 +98,12 @@ class ConsoleAdapter:
             self.console.print(post.text, markup=False)
         if post.image is not None:
             path = self._keep(post.image, "previews" if post.role == "preview" else "images")
-            self.console.print(f"  image: {path}", style="bold green", markup=False)
+            self.console.print(f"  image: {path}", style="bold green", markup=False, soft_wrap=True)
         for file in post.files:
             if file.mime == "image/png" and post.image is not None and file.data == post.image.data:
                 continue  # the lossless PNG is the image already saved
             path = self._keep(file, "code")
-            self.console.print(f"  code: {path}", style="cyan", markup=False)
+            self.console.print(f"  code: {path}", style="cyan", markup=False, soft_wrap=True)
         if post.buttons and post.turn_id is not None:
             self.console.print(
                 f"  continue: >{post.turn_id} <change>   "

@@ -501,8 +501,8 @@ class Conversations:
             if not m:
                 raise ValueError(f"size must look like 1024x1024, got “{value}”.")
             w, h = int(m.group(1)), int(m.group(2))
-            if w % 64 or h % 64 or not (256 <= w <= 2048 and 256 <= h <= 2048):
-                raise ValueError("width and height must be multiples of 64 between 256 and 2048.")
+            if w % 64 or h % 64 or not (64 <= w <= 2048 and 64 <= h <= 2048):
+                raise ValueError("width and height must be multiples of 64 between 64 and 2048.")
             return {"width": w, "height": h}
         if key == "steps":
             return {"steps": number(int, 1, 100)}
@@ -833,7 +833,8 @@ class Conversations:
         self, adapter: Adapter, turn: Turn, status: _StatusMessage, canvas: Canvas, result: RenderResult
     ) -> None:
         code = turn.canvas_code or ""
-        metadata = result.metadata or png_metadata(code, result.params, result.model or self.model_name)
+        # the renderer's chunks, with the turn's own canvas code and settings taking precedence
+        metadata = {**result.metadata, **png_metadata(code, result.params, result.model or self.model_name)}
         data = encode_png(result.image, metadata)
         path = self.store.new_image_path(turn.id)
         path.write_bytes(data)

@@ -1,0 +1,28 @@
+"""The terminal chat with fake backends, as a process of its own: what the crash test kills.
+
+    python -m tests.fakes.console_bot DATA_DIR STEP_DELAY_S
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from bot.commands.chat import chat
+from bot.config import parse_config
+from tests.fakes.fake_backends import FakeLLM, FakeRenderer
+
+
+def main() -> int:
+    data_dir, step_delay = Path(sys.argv[1]), float(sys.argv[2])
+    config = parse_config(
+        f'[data]\ndir = "{data_dir}"\n[render]\nwidth = 128\nheight = 128\nsteps = 6\n'
+        '[queue]\nswap_models = "never"\n',
+        source="console_bot",
+    )
+    return asyncio.run(chat(config, llm=FakeLLM(), renderer=FakeRenderer(step_delay_s=step_delay)))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

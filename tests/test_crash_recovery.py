@@ -1,0 +1,81 @@
+"""A bot process killed with SIGKILL mid-turn, then restarted, finishes that turn exactly once."""
+
+from __future__ import annotations
+
+import os
+import queue
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tests.seed import seed_messages
+
+ROOT = Path(__file__).resolve().parents[1]
+FIRST = next(m["content"] for m in seed_messages() if m["role"] == "user")
+
+
+def _bot(data_dir: Path, step_delay: float) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.fakes.console_bot", str(data_dir), str(step_delay)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+
+
+def test_sigkill_mid_render_then_restart_finishes_the_turn_once(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = _bot(data, step_delay=1.0)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in first.stdout], daemon=True).start()  # type: ignore[union-attr]
+    assert first.stdin is not None
+    first.stdin.write(FIRST + "\n")
+    first.stdin.flush()
+    seen: list[str] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        seen.append(line)
+        if "drawing" in line:
+            break
+    else:
+        first.kill()
+        raise AssertionError("the bot never started drawing:\n" + "".join(seen))
+    first.kill()  # SIGKILL: no cleanup, no goodbye
+    first.wait(10)
+
+    db_files = list(data.glob("*.sqlite3")) + list(data.glob("*.db"))
+    assert db_files, "the store was never written"
+    db = sqlite3.connect(db_files[0])
+    assert db.execute("SELECT status FROM turns WHERE id = 1").fetchone()[0] in ("queued", "running")
+    db.close()
+
+    second = subprocess.run(
+        [sys.executable, "-m", "tests.fakes.console_bot", str(data), "0.0"],
+        cwd=ROOT, input="", capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert second.returncode == 0, second.stdout + second.stderr
+    out = second.stdout
+    assert out.count("Turn 1: done.") == 1
+    # the canvas and its layout preview came before the crash; only the picture is new
+    assert out.count("image: ") == 1 and "/images/" in out
+    assert "writing the canvas" not in out
+    db = sqlite3.connect(db_files[0])
+    assert db.execute("SELECT status, image_path IS NOT NULL FROM turns WHERE id = 1").fetchone() == ("done", 1)
+    assert db.execute("SELECT count(*) FROM turns").fetchone()[0] == 1
+    assert db.execute("SELECT count(*) FROM message_links WHERE turn_id = 1 AND role = 'image'").fetchone()[0] == 1
+    images = list((data / "images").rglob("*.png"))
+    assert len(images) == 1
+
+    # and a third start finds nothing left to do
+    third = subprocess.run(
+        [sys.executable, "-m", "tests.fakes.console_bot", str(data), "0.0"],
+        cwd=ROOT, input="", capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert third.returncode == 0 and "Turn 1" not in third.stdout
