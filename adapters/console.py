@@ -106,8 +106,7 @@ class ConsoleAdapter:
             self.console.print(f"  code: {path}", style="cyan", markup=False, soft_wrap=True)
         if post.buttons and post.turn_id is not None:
             self.console.print(
-                f"  continue: >{post.turn_id} <change>   "
-                + "  ".join(f"[{b.label}]" for b in post.buttons),
+                f"  continue: >{post.turn_id} <change>   " + "  ".join(f"[{b.label}]" for b in post.buttons),
                 style="dim",
                 markup=False,
             )
@@ -119,7 +118,15 @@ class ConsoleAdapter:
             shown = self._printed_code.get(ref.message_id, 0)
             fresh = complete[shown:]
             if fresh:
-                self.console.print(Syntax("\n".join(fresh), "python", theme="monokai", background_color="default", word_wrap=True))
+                self.console.print(
+                    Syntax(
+                        "\n".join(fresh),
+                        "python",
+                        theme="monokai",
+                        background_color="default",
+                        word_wrap=True,
+                    )
+                )
                 self._printed_code[ref.message_id] = len(complete)
             return
         text = post.text

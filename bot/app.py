@@ -17,7 +17,7 @@ import signal
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from adapters.base import Adapter
 from bot.config import Config
@@ -37,7 +37,12 @@ def build_llm(config: Config) -> LLMBackend:
     llm = config.llm
     if llm.backend == "openai":
         return create_backend("openai", llm.model, base_url=llm.base_url, api_key_env=llm.api_key_env)
-    quantize = None if llm.quantize in ("auto", "none") else llm.quantize
+    # "auto" and "none": load what the repo ships (the Omost repos carry their quantisation config)
+    quantize: Literal["4bit", "8bit"] | None = None
+    if llm.quantize == "4bit":
+        quantize = "4bit"
+    elif llm.quantize == "8bit":
+        quantize = "8bit"
     options: dict[str, Any] = {}
     if llm.device != "auto":
         options["device"] = llm.device
@@ -75,7 +80,7 @@ def platform_adapters(config: Config) -> list[Adapter]:
     adapters: list[Adapter] = []
     if config.telegram.enabled:
         try:
-            from adapters.telegram_bot import TelegramAdapter  # type: ignore[import-not-found]
+            from adapters.telegram_bot import TelegramAdapter
         except ImportError as e:
             raise SystemExit(
                 f"[telegram] is enabled in {config.source} but the Telegram adapter is not available ({e}); "
@@ -84,7 +89,7 @@ def platform_adapters(config: Config) -> list[Adapter]:
         adapters.append(TelegramAdapter.from_config(config))
     if config.discord.enabled:
         try:
-            from adapters.discord_bot import DiscordAdapter  # type: ignore[import-not-found]
+            from adapters.discord_bot import DiscordAdapter
         except ImportError as e:
             raise SystemExit(
                 f"[discord] is enabled in {config.source} but the Discord adapter is not available ({e}); "
@@ -125,7 +130,9 @@ class App:
     async def _open(self) -> None:
         config = self.config
         config.data.dir.mkdir(parents=True, exist_ok=True)
-        self.store = await self._stack.enter_async_context(Store.open(config.data.database, data_dir=config.data.dir))
+        self.store = await self._stack.enter_async_context(
+            Store.open(config.data.database, data_dir=config.data.dir)
+        )
         llm = self._llm or build_llm(config)
         renderer = self._renderer or build_renderer(config)
         if self._llm is None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import io
 import logging
 import random
@@ -64,7 +65,8 @@ HELP_TEXT = """\
 Describe a picture and I'll compose it the Omost way: a language model writes a canvas (a scene \
 description and regions), then it is drawn.
 • Reply to any of my messages to change that picture ("make it night", "add a cat").
-• Send canvas code (a ```python block or a .py file) to draw it directly, or one of my PNGs to continue from it.
+• Send canvas code (a ```python block or a .py file) to draw it directly,
+  or one of my PNGs to continue from it.
 • Commands: /new (start fresh), /cancel, /settings, /help.
 Buttons: New seed, Rewrite (the model tries again), Higher resolution."""
 
@@ -185,6 +187,19 @@ def _regions_status(canvas_parts: list[str], header: str) -> str:
     return "\n".join(lines)
 
 
+@functools.lru_cache(maxsize=256)
+def _canvas(code: str) -> Canvas:
+    """Canvas code stored on a turn, parsed once (a Canvas is immutable, so sharing it is safe)."""
+    return parse(code)
+
+
+def _layout_png(canvas: Canvas, width: int, height: int) -> bytes:
+    image = render_layout_preview(process(canvas), width, height, long_side=512)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
 class Conversations:
     """The bot's Handler: the turn flow for every adapter."""
 
@@ -289,7 +304,9 @@ class Conversations:
                 while source.kind != TurnKind.COMPOSE and source.parent_id is not None:
                     source = await self.store.get_turn(source.parent_id)
                 if source.kind != TurnKind.COMPOSE:
-                    await adapter.send(press.chat, press.thread, Post(text="There is no request to rewrite here."))
+                    await adapter.send(
+                        press.chat, press.thread, Post(text="There is no request to rewrite here.")
+                    )
                     return
                 turn = source
             new = await self.store.create_turn(
@@ -303,7 +320,9 @@ class Conversations:
             )
         elif action in ("seed", "hires"):
             if turn.canvas_code is None:
-                await adapter.send(press.chat, press.thread, Post(text="That turn has no canvas to draw yet."))
+                await adapter.send(
+                    press.chat, press.thread, Post(text="That turn has no canvas to draw yet.")
+                )
                 return
             params = dict(turn.params)
             seed = turn.seed
@@ -367,7 +386,9 @@ class Conversations:
             await self._reply(adapter, message, "Tell me what to draw, e.g. “a lighthouse in a storm”.")
             return
 
-        settings = await self._effective_settings(message.platform, message.user, message.chat, message.options)
+        settings = await self._effective_settings(
+            message.platform, message.user, message.chat, message.options
+        )
         seed = settings.pop("seed")
         turn = await self.store.create_turn(
             conversation_id=conversation.id,
@@ -379,7 +400,9 @@ class Conversations:
             seed=seed,
             params=settings,
         )
-        await self.store.link_message(message.platform, message.chat, message.message_id, turn.id, LinkRole.USER)
+        await self.store.link_message(
+            message.platform, message.chat, message.message_id, turn.id, LinkRole.USER
+        )
         self._start(adapter, turn, message.thread, reply_to=message.message_id)
 
     async def _resolve_parent(self, message: Incoming) -> tuple[Any, Turn | None, str]:
@@ -390,9 +413,14 @@ class Conversations:
                 return None, None, f"“{explicit}” is not a turn number."
             turn = await self.store.find_turn(int(explicit))
             conversation = await self.store.get_conversation(turn.conversation_id) if turn else None
-            if turn is None or conversation is None or (conversation.platform, conversation.chat) != (
-                message.platform,
-                message.chat,
+            if (
+                turn is None
+                or conversation is None
+                or (conversation.platform, conversation.chat)
+                != (
+                    message.platform,
+                    message.chat,
+                )
             ):
                 return None, None, f"There is no turn {explicit} in this chat."
             return conversation, turn, ""
@@ -401,7 +429,9 @@ class Conversations:
             if turn is not None:
                 conversation = await self.store.get_conversation(turn.conversation_id)
                 return conversation, turn, ""
-        conversation = await self.store.get_or_create_conversation(message.platform, message.chat, message.thread)
+        conversation = await self.store.get_or_create_conversation(
+            message.platform, message.chat, message.thread
+        )
         return conversation, await self._head(conversation.id, message), ""
 
     async def _head(self, conversation_id: int, message: Incoming) -> Turn | None:
@@ -424,7 +454,9 @@ class Conversations:
         return f"{message.chat}/{message.thread}" if message.thread else message.chat
 
     async def _undo(self, message: Incoming) -> str:
-        conversation = await self.store.get_or_create_conversation(message.platform, message.chat, message.thread)
+        conversation = await self.store.get_or_create_conversation(
+            message.platform, message.chat, message.thread
+        )
         latest = await self.store.latest_turn(conversation.id)
         head = await self._head(conversation.id, message)
         if latest is None or head is None:
@@ -474,15 +506,24 @@ class Conversations:
                 return str(e)
         if changes:
             await self.store.set_settings("user", message.platform, message.user, changes)
-        current = await self._effective_settings(message.platform, message.user, message.chat, {}, draw_seed=False)
+        current = await self._effective_settings(
+            message.platform, message.user, message.chat, {}, draw_seed=False
+        )
         seed = current["seed"] if current["seed"] is not None else "random"
         hires = current["hires_scale"]
         summary = (
             f"size {current['width']}x{current['height']}, {current['steps']} steps, seed {seed}, "
-            f"hires {'off' if hires <= 1.05 else f'{hires:g}x'}, lossless PNG {'on' if current['png'] else 'off'}"
+            f"hires {'off' if hires <= 1.05 else f'{hires:g}x'}, "
+            f"lossless PNG {'on' if current['png'] else 'off'}"
         )
-        return ("Saved. " if changes else "Your settings: ") + summary + (
-            "" if changes else ". Change with e.g. /settings size=1024x1024 steps=30 seed=random hires=1.5 png=on"
+        return (
+            ("Saved. " if changes else "Your settings: ")
+            + summary
+            + (
+                ""
+                if changes
+                else ". Change with e.g. /settings size=1024x1024 steps=30 seed=random hires=1.5 png=on"
+            )
         )
 
     @staticmethod
@@ -568,7 +609,10 @@ class Conversations:
                 except (CanvasError, OSError, ValueError) as e:
                     return f"error: I couldn't read the canvas in that picture: {e}", None
                 if restored is None:
-                    return "error: That picture has no canvas in it: only images I made can be continued.", None
+                    return (
+                        "error: That picture has no canvas in it: only images I made can be continued.",
+                        None,
+                    )
                 turn = await self.store.create_turn(
                     conversation_id=conversation_id,
                     parent_id=parent.id if parent else None,
@@ -590,7 +634,10 @@ class Conversations:
                 path = self.store.new_image_path(turn.id)
                 path.write_bytes(attachment.data)
                 turn = await self.store.update_turn(
-                    turn.id, status=TurnStatus.DONE, image_path=path, assistant_text=f"```python\n{restored.code}```"
+                    turn.id,
+                    status=TurnStatus.DONE,
+                    image_path=path,
+                    assistant_text=f"```python\n{restored.code}```",
                 )
                 await self.store.link_message(
                     message.platform, message.chat, message.message_id, turn.id, LinkRole.IMAGE
@@ -610,9 +657,9 @@ class Conversations:
         self._owners[turn.id] = turn.owner
         task = asyncio.create_task(self._drive(adapter, turn, thread, reply_to, existing=None))
         self._tasks[turn.id] = task
-        task.add_done_callback(lambda _t, turn_id=turn.id: self._forget(turn_id))
+        task.add_done_callback(functools.partial(self._forget, turn.id))
 
-    def _forget(self, turn_id: int) -> None:
+    def _forget(self, turn_id: int, _task: object = None) -> None:
         self._tasks.pop(turn_id, None)
         self._jobs.pop(turn_id, None)
         self._owners.pop(turn_id, None)
@@ -635,10 +682,33 @@ class Conversations:
             if turn.status == TurnStatus.RUNNING:
                 turn = await self.store.update_turn(turn.id, status=TurnStatus.QUEUED)
             self._owners[turn.id] = turn.owner
-            task = asyncio.create_task(self._drive(adapter, turn, conversation.thread, None, existing=existing))
+            task = asyncio.create_task(
+                self._drive(adapter, turn, conversation.thread, None, existing=existing)
+            )
             self._tasks[turn.id] = task
-            task.add_done_callback(lambda _t, turn_id=turn.id: self._forget(turn_id))
+            task.add_done_callback(functools.partial(self._forget, turn.id))
             resumed += 1
+        for turn in await self.store.unannounced_turns():
+            conversation = await self.store.get_conversation(turn.conversation_id)
+            adapter = self._adapters.get(conversation.platform) if conversation else None
+            if conversation is None or adapter is None or turn.canvas_code is None:
+                continue
+            links = await self.store.messages_for_turn(turn.id, LinkRole.STATUS)
+            status = _StatusMessage(
+                adapter,
+                self.store,
+                turn.id,
+                conversation.chat,
+                conversation.thread,
+                MessageRef(conversation.platform, links[-1].chat, links[-1].message_id, conversation.thread)
+                if links
+                else None,
+            )
+            try:
+                await self.announce(adapter, turn, status, _canvas(turn.canvas_code))
+                resumed += 1
+            except Exception:
+                log.exception("turn %s: could not announce its stored result", turn.id)
         return resumed
 
     async def _drive(
@@ -666,10 +736,14 @@ class Conversations:
             with contextlib.suppress(Exception):
                 await self._end(turn, status, TurnStatus.FAILED, f"Something went wrong: {e}", retry=True)
 
-    async def _end(self, turn: Turn, status: _StatusMessage, state: TurnStatus, text: str, *, retry: bool) -> None:
+    async def _end(
+        self, turn: Turn, status: _StatusMessage, state: TurnStatus, text: str, *, retry: bool
+    ) -> None:
         current = await self.store.get_turn(turn.id)
         if not current.status.finished:
-            await self.store.update_turn(turn.id, status=state, error=text if state == TurnStatus.FAILED else None)
+            await self.store.update_turn(
+                turn.id, status=state, error=text if state == TurnStatus.FAILED else None
+            )
         buttons = (Button("retry", turn.id),) if retry else ()
         await status.finish(Post(text=f"Turn {turn.id}: {text}", buttons=buttons))
 
@@ -704,7 +778,10 @@ class Conversations:
             owner=turn.owner,
             messages=tuple(await self._history(turn)),
             params=GenerationParams(
-                temperature=llm.temperature, top_p=llm.top_p, max_new_tokens=llm.max_new_tokens, seed=turn.seed
+                temperature=llm.temperature,
+                top_p=llm.top_p,
+                max_new_tokens=llm.max_new_tokens,
+                seed=turn.seed,
             ),
             tag=str(turn.id),
         )
@@ -715,7 +792,9 @@ class Conversations:
         code = ""
         async for event in handle.events():
             if isinstance(event, Queued):
-                await status.show(Post(text=f"Turn {turn.id}: queued #{event.position}{_fmt_eta(event.eta_s)}"))
+                await status.show(
+                    Post(text=f"Turn {turn.id}: queued #{event.position}{_fmt_eta(event.eta_s)}")
+                )
             elif isinstance(event, Started):
                 turn = await self._mark_running(turn)
                 await status.show(Post(text=f"Turn {turn.id}: writing the canvas…"), now=True)
@@ -742,7 +821,9 @@ class Conversations:
             elif isinstance(event, Failed):
                 await self._end(turn, status, TurnStatus.FAILED, event.message, retry=True)
             elif isinstance(event, Cancelled):
-                await self._end(turn, status, TurnStatus.CANCELLED, f"Cancelled ({event.reason}).", retry=True)
+                await self._end(
+                    turn, status, TurnStatus.CANCELLED, f"Cancelled ({event.reason}).", retry=True
+                )
         return await self.store.get_turn(turn.id)
 
     async def _composed(self, turn: Turn, status: _StatusMessage, result: ComposeResult) -> Turn:
@@ -750,7 +831,9 @@ class Conversations:
         if result.canvas is None:
             error = result.parse_error or CanvasError("the answer holds no canvas")
             turn = await self.store.update_turn(turn.id, assistant_text=result.text)
-            await self._end(turn, status, TurnStatus.FAILED, f"The model's answer did not parse: {error}", retry=True)
+            await self._end(
+                turn, status, TurnStatus.FAILED, f"The model's answer did not parse: {error}", retry=True
+            )
             return await self.store.get_turn(turn.id)
         blocked = self.policy.check_canvas(result.canvas)
         if not blocked.allowed:
@@ -763,7 +846,9 @@ class Conversations:
             await status.show(Post(text=f"Turn {turn.id}: {notes}"), now=True)
         return turn
 
-    async def _submit(self, turn: Turn, status: _StatusMessage, job: ComposeJob | RenderJob) -> JobHandle | None:
+    async def _submit(
+        self, turn: Turn, status: _StatusMessage, job: ComposeJob | RenderJob
+    ) -> JobHandle | None:
         try:
             handle = self.engine.submit(job)
         except EngineError as e:
@@ -778,15 +863,14 @@ class Conversations:
         return turn
 
     async def _post_preview(self, adapter: Adapter, turn: Turn, status: _StatusMessage) -> None:
-        canvas = parse(turn.canvas_code or "")
+        canvas = _canvas(turn.canvas_code or "")
         params = turn.params
-        image = render_layout_preview(process(canvas), int(params["width"]), int(params["height"]), long_side=512)
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
+        # drawn off the event loop: it is the bot's costliest step of its own (a few ms)
+        png = await asyncio.to_thread(_layout_png, canvas, int(params["width"]), int(params["height"]))
         regions = len(canvas.regions)
         post = Post(
             text=f"Turn {turn.id}: layout: {regions} region{'s' if regions != 1 else ''}. Drawing next…",
-            image=OutFile(f"turn-{turn.id}-layout.png", buffer.getvalue(), "image/png"),
+            image=OutFile(f"turn-{turn.id}-layout.png", png, "image/png"),
             role="preview",
             turn_id=turn.id,
         )
@@ -807,27 +891,36 @@ class Conversations:
         )
 
     async def _render(self, adapter: Adapter, turn: Turn, status: _StatusMessage) -> None:
-        canvas = parse(turn.canvas_code or "")
+        canvas = _canvas(turn.canvas_code or "")
         params = self._render_params(turn)
-        handle = await self._submit(turn, status, RenderJob(owner=turn.owner, canvas=canvas, params=params, tag=str(turn.id)))
+        handle = await self._submit(
+            turn, status, RenderJob(owner=turn.owner, canvas=canvas, params=params, tag=str(turn.id))
+        )
         if handle is None:
             return
         async for event in handle.events():
             if isinstance(event, Queued):
-                await status.show(Post(text=f"Turn {turn.id}: waiting to draw, #{event.position}{_fmt_eta(event.eta_s)}"))
+                await status.show(
+                    Post(text=f"Turn {turn.id}: waiting to draw, #{event.position}{_fmt_eta(event.eta_s)}")
+                )
             elif isinstance(event, Started):
                 turn = await self._mark_running(turn)
             elif isinstance(event, Step):
                 phase = "refining" if event.phase == "hires" else "drawing"
                 await status.show(
-                    Post(text=f"Turn {turn.id}: {phase}, step {event.index}/{event.total}", progress=(event.index, event.total))
+                    Post(
+                        text=f"Turn {turn.id}: {phase}, step {event.index}/{event.total}",
+                        progress=(event.index, event.total),
+                    )
                 )
             elif isinstance(event, Finished) and isinstance(event.result, RenderResult):
                 await self._rendered(adapter, turn, status, canvas, event.result)
             elif isinstance(event, Failed):
                 await self._end(turn, status, TurnStatus.FAILED, event.message, retry=True)
             elif isinstance(event, Cancelled):
-                await self._end(turn, status, TurnStatus.CANCELLED, f"Cancelled ({event.reason}).", retry=True)
+                await self._end(
+                    turn, status, TurnStatus.CANCELLED, f"Cancelled ({event.reason}).", retry=True
+                )
 
     async def _rendered(
         self, adapter: Adapter, turn: Turn, status: _StatusMessage, canvas: Canvas, result: RenderResult
@@ -841,7 +934,9 @@ class Conversations:
         turn = await self.store.update_turn(turn.id, status=TurnStatus.DONE, image_path=path)  # stored first
         await self.announce(adapter, turn, status, canvas)
 
-    async def announce(self, adapter: Adapter, turn: Turn, status: _StatusMessage | None, canvas: Canvas) -> None:
+    async def announce(
+        self, adapter: Adapter, turn: Turn, status: _StatusMessage | None, canvas: Canvas
+    ) -> None:
         """Post a done turn's result and link every message to the turn."""
         conversation = await self.store.get_conversation(turn.conversation_id)
         assert conversation is not None and turn.image_path is not None
@@ -849,12 +944,20 @@ class Conversations:
         data = path.read_bytes()
         parent_canvas = await self._parent_canvas(turn)
         change = describe_change(parent_canvas, canvas)
-        if turn.kind == TurnKind.RENDER and parent_canvas is not None and diff_canvases(parent_canvas, canvas).unchanged:
+        if (
+            turn.kind == TurnKind.RENDER
+            and parent_canvas is not None
+            and diff_canvases(parent_canvas, canvas).unchanged
+        ):
             change = "Same canvas, drawn again."
         p = self._render_params(turn)
         hires = f", hires {p.hires_scale:g}x" if p.hires_scale > 1.05 else ""
-        summary = f"{change}\n{canvas.global_description.description} · seed {p.seed} · {p.width}x{p.height}{hires}"
-        files = [OutFile(f"turn-{turn.id}-canvas.py", (turn.canvas_code or "").encode("utf-8"), "text/x-python")]
+        summary = (
+            f"{change}\n{canvas.global_description.description} · seed {p.seed} · {p.width}x{p.height}{hires}"
+        )
+        files = [
+            OutFile(f"turn-{turn.id}-canvas.py", (turn.canvas_code or "").encode("utf-8"), "text/x-python")
+        ]
         if turn.params.get("png"):
             files.append(OutFile(f"turn-{turn.id}.png", data, "image/png", path=str(path)))
         post = Post(
@@ -879,7 +982,7 @@ class Conversations:
         if parent.canvas_code is None:
             return None
         try:
-            return parse(parent.canvas_code)
+            return _canvas(parent.canvas_code)
         except CanvasError:
             return None
 

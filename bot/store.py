@@ -623,6 +623,16 @@ class Store:
         )
         return [_turn(row) for row in rows]
 
+    async def unannounced_turns(self) -> list[Turn]:
+        """Done turns with a picture but no posted image message: a crash came between storing
+        the result and announcing it. Oldest first, for announcing at start."""
+        rows = await self._rows(
+            f"SELECT {_TURN_COLUMNS} FROM turns WHERE status = 'done' AND image_path IS NOT NULL "
+            "AND NOT EXISTS (SELECT 1 FROM message_links "
+            "WHERE message_links.turn_id = turns.id AND message_links.role = 'image') ORDER BY id"
+        )
+        return [_turn(row) for row in rows]
+
     # --- message links ------------------------------------------------------------------------
 
     async def link_message(

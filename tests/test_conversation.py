@@ -25,7 +25,7 @@ FIRST, SECOND = (m["content"] for m in seed_messages() if m["role"] == "user")
 def make_config(tmp_path: Path, extra: str = "", rate: int = 100) -> Config:
     text = f"""
 [data]
-dir = "{tmp_path / 'data'}"
+dir = "{tmp_path / "data"}"
 [render]
 width = 128
 height = 128
@@ -54,8 +54,15 @@ class Bot:
         return await self.store.get_turn(turn_id)
 
 
-async def open_bot(tmp_path: Path, *, extra: str = "", rate: int = 100, llm: FakeLLM | None = None,
-                   renderer: FakeRenderer | None = None, adapter: FakeAdapter | None = None) -> tuple[App, Bot]:
+async def open_bot(
+    tmp_path: Path,
+    *,
+    extra: str = "",
+    rate: int = 100,
+    llm: FakeLLM | None = None,
+    renderer: FakeRenderer | None = None,
+    adapter: FakeAdapter | None = None,
+) -> tuple[App, Bot]:
     llm = llm or FakeLLM()
     renderer = renderer or FakeRenderer()
     adapter = adapter or FakeAdapter()
@@ -294,7 +301,9 @@ async def test_continue_from_a_png_the_bot_made(bot: Bot) -> None:
     await bot.settle()
     png = bot.adapter.posts("image")[0].post.image
     assert png is not None
-    await bot.adapter.say("", chat="elsewhere", attachments=(Attachment("turn-1.png", png.data, "image/png"),))
+    await bot.adapter.say(
+        "", chat="elsewhere", attachments=(Attachment("turn-1.png", png.data, "image/png"),)
+    )
     assert "Got it" in bot.adapter.texts()[-1]
     await bot.adapter.say("add some meteorites", chat="elsewhere")
     await bot.settle()
@@ -334,7 +343,9 @@ async def test_crash_recovery_edits_the_status_in_place_and_finishes_once(tmp_pa
         await app2.__aexit__(None, None, None)
 
 
-async def test_terminal_chat_two_turns_from_piped_stdin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+async def test_terminal_chat_two_turns_from_piped_stdin(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from bot.commands.chat import chat
 
     config = make_config(tmp_path)
@@ -346,3 +357,27 @@ async def test_terminal_chat_two_turns_from_piped_stdin(tmp_path: Path, capsys: 
     images = sorted((tmp_path / "data" / "images").rglob("*.png"))
     assert len(images) == 3
     assert str(images[0]) in out
+
+
+async def test_a_result_stored_but_never_announced_is_announced_at_start(tmp_path: Path) -> None:
+    adapter = FakeAdapter()
+    app, bot = await open_bot(tmp_path, adapter=adapter)
+    await bot.adapter.say(FIRST)
+    await bot.settle()
+    # as if the process died between storing the result and posting it
+    for sent in adapter.posts("image"):
+        adapter.sent.remove(sent)
+    await bot.store.connection.execute("DELETE FROM message_links WHERE role IN ('image', 'code')")
+    await app.__aexit__(None, None, None)
+
+    app2, bot2 = await open_bot(tmp_path, adapter=adapter)
+    try:
+        await bot2.settle()
+        assert len(adapter.posts("image")) == 1
+        assert len(await bot2.store.messages_for_turn(1, LinkRole.IMAGE)) == 1
+        assert bot2.llm.calls == [] and bot2.renderer.calls == []  # nothing was redone
+    finally:
+        await app2.__aexit__(None, None, None)
+    app3, _ = await open_bot(tmp_path, adapter=adapter)
+    await app3.__aexit__(None, None, None)
+    assert len(adapter.posts("image")) == 1  # announced once

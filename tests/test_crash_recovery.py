@@ -21,7 +21,12 @@ def _bot(data_dir: Path, step_delay: float) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     return subprocess.Popen(
         [sys.executable, "-m", "tests.fakes.console_bot", str(data_dir), str(step_delay)],
-        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
     )
 
 
@@ -57,7 +62,12 @@ def test_sigkill_mid_render_then_restart_finishes_the_turn_once(tmp_path: Path) 
 
     second = subprocess.run(
         [sys.executable, "-m", "tests.fakes.console_bot", str(data), "0.0"],
-        cwd=ROOT, input="", capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT,
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
         env={**os.environ, "COLUMNS": "200"},
     )
     assert second.returncode == 0, second.stdout + second.stderr
@@ -67,15 +77,26 @@ def test_sigkill_mid_render_then_restart_finishes_the_turn_once(tmp_path: Path) 
     assert out.count("image: ") == 1 and "/images/" in out
     assert "writing the canvas" not in out
     db = sqlite3.connect(db_files[0])
-    assert db.execute("SELECT status, image_path IS NOT NULL FROM turns WHERE id = 1").fetchone() == ("done", 1)
+    assert db.execute("SELECT status, image_path IS NOT NULL FROM turns WHERE id = 1").fetchone() == (
+        "done",
+        1,
+    )
     assert db.execute("SELECT count(*) FROM turns").fetchone()[0] == 1
-    assert db.execute("SELECT count(*) FROM message_links WHERE turn_id = 1 AND role = 'image'").fetchone()[0] == 1
+    assert (
+        db.execute("SELECT count(*) FROM message_links WHERE turn_id = 1 AND role = 'image'").fetchone()[0]
+        == 1
+    )
     images = list((data / "images").rglob("*.png"))
     assert len(images) == 1
 
     # and a third start finds nothing left to do
     third = subprocess.run(
         [sys.executable, "-m", "tests.fakes.console_bot", str(data), "0.0"],
-        cwd=ROOT, input="", capture_output=True, text=True, timeout=120, check=False,
+        cwd=ROOT,
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert third.returncode == 0 and "Turn 1" not in third.stdout

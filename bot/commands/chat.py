@@ -39,7 +39,9 @@ async def chat(config, *, llm=None, renderer=None, stdin=None) -> int:  # type: 
 
     console = ConsoleAdapter(config.data.dir, stdin=stdin)
     if sys.stdin.isatty() and stdin is None:
-        console.console.print("omost-bot: describe a picture (/help for commands, /quit to leave)", style="bold")
+        console.console.print(
+            "omost-bot: describe a picture (/help for commands, /quit to leave)", style="bold"
+        )
     async with App(config, adapters=[console], llm=llm, renderer=renderer) as app:
         await console.input_done.wait()
         if not console.quit_requested:

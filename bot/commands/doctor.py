@@ -23,7 +23,11 @@ def _gpu() -> dict[str, Any]:
     except ImportError:
         return {"available": False, "note": "torch is not installed"}
     if not torch.cuda.is_available():
-        return {"available": False, "torch": torch.__version__, "note": "no CUDA GPU: models run on the CPU (slowly)"}
+        return {
+            "available": False,
+            "torch": torch.__version__,
+            "note": "no CUDA GPU: models run on the CPU (slowly)",
+        }
     props = torch.cuda.get_device_properties(0)
     return {
         "available": True,
@@ -47,7 +51,9 @@ def _weights(model: str) -> dict[str, Any]:
     return {
         "model": model,
         "present": present,
-        "where": "Hugging Face cache" if present else f"missing: run `omost-bot download` or point config at a folder",
+        "where": "Hugging Face cache"
+        if present
+        else "missing: run `omost-bot download` or point config at a folder",
     }
 
 

@@ -1,6 +1,6 @@
 """The terminal chat with fake backends, as a process of its own: what the crash test kills.
 
-    python -m tests.fakes.console_bot DATA_DIR STEP_DELAY_S
+python -m tests.fakes.console_bot DATA_DIR STEP_DELAY_S
 """
 
 from __future__ import annotations

@@ -59,10 +59,26 @@ class FakeAdapter:
 
     _in = itertools.count(1)
 
-    async def say(self, text: str, *, user: str = "alice", chat: str = "c1", reply_to: str | None = None,
-                  command: str | None = None, **kw: object) -> Incoming:
-        message = Incoming(platform=self.platform, chat=chat, message_id=f"u{next(self._in)}", user=user,
-                           text=text, reply_to=reply_to, command=command, **kw)  # type: ignore[arg-type]
+    async def say(
+        self,
+        text: str,
+        *,
+        user: str = "alice",
+        chat: str = "c1",
+        reply_to: str | None = None,
+        command: str | None = None,
+        **kw: object,
+    ) -> Incoming:
+        message = Incoming(
+            platform=self.platform,
+            chat=chat,
+            message_id=f"u{next(self._in)}",
+            user=user,
+            text=text,
+            reply_to=reply_to,
+            command=command,
+            **kw,
+        )  # type: ignore[arg-type]
         assert self.handler is not None
         await self.handler.on_message(self, message)
         return message
