@@ -98,6 +98,8 @@ from omost_engine.render.base import Renderer, RenderParams, RenderResult, Step
 log = logging.getLogger(__name__)
 
 SHUTDOWN_REASON = "the bot is shutting down"
+FLUSH_INTERVAL_S = 0.002
+"""While a lane streams events, the loop collects them this often (at most this late)."""
 
 
 class QueueFull(errors.EngineError):
@@ -340,6 +342,14 @@ class _EventItem:
 
 
 @dataclass
+class _TextItem:
+    """Pieces of the answer not yet delivered; consecutive ones merge into one TextDelta."""
+
+    entry: _Entry
+    pieces: list[str]
+
+
+@dataclass
 class _DoneItem:
     lane: _Lane
     entry: _Entry
@@ -351,7 +361,7 @@ class _ExitItem:
     lane: _Lane
 
 
-_Item = _EventItem | _DoneItem | _ExitItem
+_Item = _EventItem | _TextItem | _DoneItem | _ExitItem
 
 
 class _State(Enum):
@@ -424,7 +434,9 @@ class Engine:
         self._served = itertools.count()
         self._outbox: list[_Item] = []
         self._outbox_lock = threading.Lock()
-        self._flush_pending = False
+        self._flush_due = False  # a flush is scheduled on the loop
+        self._urgent_wake = False  # a wake-up for a job's end is on its way
+        self._flush_timer: asyncio.TimerHandle | None = None  # loop thread only
 
     # --- lifecycle
 
@@ -715,12 +727,23 @@ class Engine:
     # --- crossing from the lanes to the loop
 
     def _post(self, item: _Item) -> None:
-        """Called on lane threads: queue an item and wake the loop once per batch."""
+        """Called on lane threads: queue an item; wake the loop unless a flush is already due.
+
+        While items keep coming, the loop flushes every FLUSH_INTERVAL_S by itself (a timer, no
+        cross-thread wake-up per token); a job's end always wakes it at once.
+        """
         with self._outbox_lock:
-            self._outbox.append(item)
-            if self._flush_pending:
+            last = self._outbox[-1] if self._outbox else None
+            if isinstance(item, _TextItem) and isinstance(last, _TextItem) and last.entry is item.entry:
+                # The loop has not caught up: join the pieces rather than queue more events.
+                last.pieces.extend(item.pieces)
                 return
-            self._flush_pending = True
+            self._outbox.append(item)
+            urgent = not isinstance(item, _EventItem | _TextItem)
+            if self._flush_due and not (urgent and not self._urgent_wake):
+                return
+            self._flush_due = True
+            self._urgent_wake = self._urgent_wake or urgent
         assert self._loop is not None
         try:
             self._loop.call_soon_threadsafe(self._flush)
@@ -730,14 +753,25 @@ class Engine:
     def _flush(self) -> None:
         with self._outbox_lock:
             items, self._outbox = self._outbox, []
-            self._flush_pending = False
+            self._urgent_wake = False
+            # More may follow soon (a stream): look again shortly instead of being woken per item.
+            if items and self._flush_timer is None and self._state is _State.RUNNING:
+                assert self._loop is not None
+                self._flush_timer = self._loop.call_later(FLUSH_INTERVAL_S, self._flush_on_timer)
+            self._flush_due = self._flush_timer is not None
         for item in items:
             if isinstance(item, _EventItem):
                 item.entry.handle._emit(item.event)
+            elif isinstance(item, _TextItem):
+                item.entry.handle._emit(TextDelta("".join(item.pieces)))
             elif isinstance(item, _DoneItem):
                 self._on_done(item.lane, item.entry, item.outcome)
             elif item.lane.exited is not None and not item.lane.exited.done():
                 item.lane.exited.set_result(None)
+
+    def _flush_on_timer(self) -> None:
+        self._flush_timer = None
+        self._flush()
 
     def _on_done(self, lane: _Lane, entry: _Entry, outcome: _Outcome) -> None:
         lane.current = None
@@ -840,7 +874,7 @@ class Engine:
                 if not piece:
                     continue
                 pieces += 1
-                self._post(_EventItem(entry, TextDelta(piece)))
+                self._post(_TextItem(entry, [piece]))
                 unparsed.append(piece)
                 if "\n" in piece:
                     self._feed(entry, parser, unparsed)

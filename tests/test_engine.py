@@ -93,7 +93,8 @@ def kinds(events: list[JobEvent]) -> list[str]:
 
 
 async def test_compose_streams_the_answer_then_regions_then_the_canvas(make_engine: MakeEngine) -> None:
-    engine = await make_engine()
+    llm = FakeLLM([seed_answers()[0]])
+    engine = await make_engine(llm)
     answer = seed_answers()[0]
     events = await collect(engine.submit(compose()))
 
@@ -101,7 +102,6 @@ async def test_compose_streams_the_answer_then_regions_then_the_canvas(make_engi
     assert isinstance(events[-2], CanvasReady) and isinstance(events[-1], Finished)
     assert sum(isinstance(e, Finished | Failed | Cancelled) for e in events) == 1
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == answer
-    assert sum(isinstance(e, TextDelta) for e in events) > 100  # streamed, not one lump
 
     parts = [e.part for e in events if isinstance(e, RegionParsed)]
     expected = parse(answer)
@@ -114,7 +114,7 @@ async def test_compose_streams_the_answer_then_regions_then_the_canvas(make_engi
     result = events[-1].result
     assert isinstance(result, ComposeResult)
     assert result.text == answer and result.canvas == expected and result.parse_error is None
-    assert result.stats.new_tokens == sum(isinstance(e, TextDelta) for e in events)
+    assert result.stats.new_tokens == llm.pieces_sent[0] > 1000
 
 
 async def test_each_region_arrives_right_after_its_code_is_written(make_engine: MakeEngine) -> None:
@@ -149,10 +149,15 @@ async def test_regions_reach_the_caller_while_the_model_is_still_writing(make_en
     llm = FakeLLM([small_answer()], token_delay_s=0.002)
     engine = await make_engine(llm)
     pieces_when_first_region_seen: int | None = None
+    deltas = 0
     async for event in engine.submit(compose()).events():
+        deltas += isinstance(event, TextDelta)
         if isinstance(event, RegionParsed) and pieces_when_first_region_seen is None:
             pieces_when_first_region_seen = llm.pieces_sent[0]
     assert pieces_when_first_region_seen is not None
+    # Pieces that arrive faster than the loop collects them (every 2 ms) come joined; at this pace
+    # most arrive one by one.
+    assert deltas > llm.pieces_sent[0] // 4
     assert pieces_when_first_region_seen < llm.pieces_sent[0]
 
 
