@@ -797,7 +797,11 @@ class Engine:
                 entry = lane.inbox.get()
                 if entry is None:
                     return
-                outcome = self._execute(lane, entry)
+                try:
+                    outcome = self._execute(lane, entry)
+                except BaseException as e:  # SystemExit, KeyboardInterrupt: end the job, then the lane
+                    self._post(_DoneItem(lane, entry, _Outcome(error=RuntimeError(repr(e)))))
+                    raise
                 self._post(_DoneItem(lane, entry, outcome))
         finally:
             self._post(_ExitItem(lane))
@@ -819,7 +823,9 @@ class Engine:
             except Exception as e:
                 if entry.cancel.is_set():
                     return _Outcome(cancelled=str(e))
-                if attempt == 1 and is_out_of_memory(e) and self._lower_memory():
+                # Only the device lane holds local models; a lower-memory renderer frees room there.
+                on_device = lane is self._device_lane
+                if attempt == 1 and on_device and is_out_of_memory(e) and self._lower_memory():
                     log.warning(
                         "out of memory on lane %s (job %s); retrying in lower memory",
                         lane.name,
