@@ -35,8 +35,8 @@ from omost_engine.jobs import (
     Step,
     TextDelta,
 )
-from omost_engine.llm.base import ChatMessage
-from omost_engine.render.base import RenderParams, RenderResult, StepCallback
+from omost_engine.llm.base import ChatMessage, LLMBackend
+from omost_engine.render.base import Renderer, RenderParams, RenderResult, StepCallback
 from tests.fakes.fake_backends import FakeLLM, FakeRenderer, seed_answers, seed_conversation
 
 pytestmark = pytest.mark.timeout(30)
@@ -597,3 +597,11 @@ async def test_jobs_are_validated_and_ids_unique(make_engine: MakeEngine) -> Non
         engine.submit(job)
     listed = ComposeJob(owner="a", messages=[ChatMessage("user", "hi")])  # type: ignore[arg-type]
     assert listed.messages == (ChatMessage("user", "hi"),)
+
+
+def test_the_fakes_implement_the_backend_interfaces() -> None:
+    # mypy checks these assignments against the protocols; at run time, the attributes the engine reads.
+    llm: LLMBackend = FakeLLM(remote=True)
+    renderer: Renderer = FakeRenderer()
+    assert llm.remote is True and llm.name and renderer.name
+    assert renderer.lower_memory() is True and renderer.lower_memory() is False  # one lower mode
