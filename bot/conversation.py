@@ -797,6 +797,7 @@ class Conversations:
                 )
             elif isinstance(event, Started):
                 turn = await self._mark_running(turn)
+                parts, code = [], ""  # attempt 2 (after running out of memory) starts over
                 await status.show(Post(text=f"Turn {turn.id}: writing the canvas…"), now=True)
             elif isinstance(event, TextDelta):
                 code += event.text
