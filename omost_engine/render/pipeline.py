@@ -212,10 +212,20 @@ class SDXLRegionalRenderer:
 
     def load(self) -> None:
         with self._lock:
-            if self._pipe is None:
-                self._ensure_loaded()
-            elif self.memory == "resident":
-                self._pipe.to(self.device)
+            try:
+                if self._pipe is None:
+                    self._ensure_loaded()
+                elif self.memory == "resident":
+                    self._pipe.to(self.device)
+            except Exception as e:
+                if _is_oom(e):
+                    self._empty_device_cache()
+                    raise OutOfMemory(
+                        self.name,
+                        f"The image model {self.name} does not fit in GPU memory ({self.memory} mode); "
+                        "try the 'offload' memory mode.",
+                    ) from e
+                raise
 
     def unload(self) -> None:
         with self._lock:
