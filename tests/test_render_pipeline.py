@@ -105,6 +105,15 @@ def test_same_seed_same_image_and_another_seed_differs(
     assert np.abs(pixels(first) - pixels(other)).mean() > 1.0
 
 
+def test_guidance_off_renders_without_the_negative_half(
+    renderer: SDXLRegionalRenderer, seed_canvas: Any
+) -> None:
+    guided = renderer.render(seed_canvas, SMALL).image
+    unguided = renderer.render(seed_canvas, RenderParams(width=64, height=64, steps=4, cfg=1.0)).image
+    assert unguided.size == (64, 64)
+    assert not np.array_equal(pixels(guided), pixels(unguided))
+
+
 def test_regions_change_the_image(renderer: SDXLRegionalRenderer, seed_canvas: Any) -> None:
     from dataclasses import replace
 
@@ -196,7 +205,7 @@ def test_missing_weights_name_the_model_and_the_download_command(
 ) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    for model in ("nobody/no-such-sdxl", str(tmp_path / "missing-folder")):
+    for model in ("nobody/no-such-sdxl", str(tmp_path / "missing-folder"), str(tmp_path / "x.safetensors")):
         with pytest.raises(ModelNotAvailable) as info:
             SDXLRegionalRenderer(model, device="cpu").render(seed_canvas, SMALL)
         assert model in str(info.value)
