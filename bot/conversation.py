@@ -36,7 +36,7 @@ from adapters.base import (
 )
 from bot.config import Config
 from bot.policy import Policy
-from bot.store import LinkRole, Store, Turn, TurnKind, TurnStatus
+from bot.store import Conversation, LinkRole, Store, Turn, TurnKind, TurnStatus
 from omost_engine.canvas import Canvas, CanvasError, diff_canvases, process
 from omost_engine.canvas_code import find_code, parse
 from omost_engine.engine import Engine, JobHandle
@@ -673,12 +673,7 @@ class Conversations:
             adapter = self._adapters.get(conversation.platform) if conversation else None
             if conversation is None or adapter is None:
                 continue
-            links = await self.store.messages_for_turn(turn.id, LinkRole.STATUS)
-            existing = (
-                MessageRef(conversation.platform, links[-1].chat, links[-1].message_id, conversation.thread)
-                if links
-                else None
-            )
+            existing = await self._status_ref(turn.id, conversation)
             if turn.status == TurnStatus.RUNNING:
                 turn = await self.store.update_turn(turn.id, status=TurnStatus.QUEUED)
             self._owners[turn.id] = turn.owner
@@ -693,16 +688,9 @@ class Conversations:
             adapter = self._adapters.get(conversation.platform) if conversation else None
             if conversation is None or adapter is None or turn.canvas_code is None:
                 continue
-            links = await self.store.messages_for_turn(turn.id, LinkRole.STATUS)
+            existing = await self._status_ref(turn.id, conversation)
             status = _StatusMessage(
-                adapter,
-                self.store,
-                turn.id,
-                conversation.chat,
-                conversation.thread,
-                MessageRef(conversation.platform, links[-1].chat, links[-1].message_id, conversation.thread)
-                if links
-                else None,
+                adapter, self.store, turn.id, conversation.chat, conversation.thread, existing
             )
             try:
                 await self.announce(adapter, turn, status, _canvas(turn.canvas_code))
@@ -710,6 +698,13 @@ class Conversations:
             except Exception:
                 log.exception("turn %s: could not announce its stored result", turn.id)
         return resumed
+
+    async def _status_ref(self, turn_id: int, conversation: Conversation) -> MessageRef | None:
+        """The turn's status message from before a restart, to edit it in place."""
+        links = await self.store.messages_for_turn(turn_id, LinkRole.STATUS)
+        if not links:
+            return None
+        return MessageRef(conversation.platform, links[-1].chat, links[-1].message_id, conversation.thread)
 
     async def _drive(
         self, adapter: Adapter, turn: Turn, thread: str, reply_to: str | None, existing: MessageRef | None
@@ -746,6 +741,12 @@ class Conversations:
             )
         buttons = (Button("retry", turn.id),) if retry else ()
         await status.finish(Post(text=f"Turn {turn.id}: {text}", buttons=buttons))
+
+    async def _job_ended(self, turn: Turn, status: _StatusMessage, event: Failed | Cancelled) -> None:
+        if isinstance(event, Failed):
+            await self._end(turn, status, TurnStatus.FAILED, event.message, retry=True)
+        else:
+            await self._end(turn, status, TurnStatus.CANCELLED, f"Cancelled ({event.reason}).", retry=True)
 
     async def _wait_for_parent(self, turn: Turn) -> Turn | None:
         """A follow-up sent while the parent is still composing waits for its answer."""
@@ -819,12 +820,8 @@ class Conversations:
                 pass  # handled with Finished, which carries the stats too
             elif isinstance(event, Finished) and isinstance(event.result, ComposeResult):
                 return await self._composed(turn, status, event.result)
-            elif isinstance(event, Failed):
-                await self._end(turn, status, TurnStatus.FAILED, event.message, retry=True)
-            elif isinstance(event, Cancelled):
-                await self._end(
-                    turn, status, TurnStatus.CANCELLED, f"Cancelled ({event.reason}).", retry=True
-                )
+            elif isinstance(event, Failed | Cancelled):
+                await self._job_ended(turn, status, event)
         return await self.store.get_turn(turn.id)
 
     async def _composed(self, turn: Turn, status: _StatusMessage, result: ComposeResult) -> Turn:
@@ -916,12 +913,8 @@ class Conversations:
                 )
             elif isinstance(event, Finished) and isinstance(event.result, RenderResult):
                 await self._rendered(adapter, turn, status, canvas, event.result)
-            elif isinstance(event, Failed):
-                await self._end(turn, status, TurnStatus.FAILED, event.message, retry=True)
-            elif isinstance(event, Cancelled):
-                await self._end(
-                    turn, status, TurnStatus.CANCELLED, f"Cancelled ({event.reason}).", retry=True
-                )
+            elif isinstance(event, Failed | Cancelled):
+                await self._job_ended(turn, status, event)
 
     async def _rendered(
         self, adapter: Adapter, turn: Turn, status: _StatusMessage, canvas: Canvas, result: RenderResult

@@ -30,6 +30,20 @@ def _bot(data_dir: Path, step_delay: float) -> subprocess.Popen[str]:
     )
 
 
+def _restart(data_dir: Path) -> subprocess.CompletedProcess[str]:
+    """The bot started again with no input: it resumes what was left, then exits."""
+    return subprocess.run(
+        [sys.executable, "-m", "tests.fakes.console_bot", str(data_dir), "0.0"],
+        cwd=ROOT,
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+
+
 def test_sigkill_mid_render_then_restart_finishes_the_turn_once(tmp_path: Path) -> None:
     data = tmp_path / "data"
     first = _bot(data, step_delay=1.0)
@@ -60,16 +74,7 @@ def test_sigkill_mid_render_then_restart_finishes_the_turn_once(tmp_path: Path) 
     assert db.execute("SELECT status FROM turns WHERE id = 1").fetchone()[0] in ("queued", "running")
     db.close()
 
-    second = subprocess.run(
-        [sys.executable, "-m", "tests.fakes.console_bot", str(data), "0.0"],
-        cwd=ROOT,
-        input="",
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    second = _restart(data)
     assert second.returncode == 0, second.stdout + second.stderr
     out = second.stdout
     assert out.count("Turn 1: done.") == 1
@@ -90,13 +95,5 @@ def test_sigkill_mid_render_then_restart_finishes_the_turn_once(tmp_path: Path) 
     assert len(images) == 1
 
     # and a third start finds nothing left to do
-    third = subprocess.run(
-        [sys.executable, "-m", "tests.fakes.console_bot", str(data), "0.0"],
-        cwd=ROOT,
-        input="",
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    third = _restart(data)
     assert third.returncode == 0 and "Turn 1" not in third.stdout
