@@ -25,13 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the layout as JSON instead of a table")
 
 
-def read_input(name: str) -> str:
-    """The text of FILE, or stdin for '-'. Raises OSError/UnicodeDecodeError for the caller."""
-    if name == "-":
-        return sys.stdin.read()
-    return Path(name).read_text(encoding="utf-8")
-
-
 def layout_json(layout: Any, corrections: Any, width: int, height: int) -> dict[str, Any]:
     return {
         "width": width,
@@ -74,8 +67,8 @@ def layout_table(layout: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from omost_engine.canvas import CanvasError, process
-    from omost_engine.canvas_code import parse
+    from bot.commands.canvas_input import BadInput, read_canvas
+    from omost_engine.canvas import process
     from omost_engine.preview import render_layout_preview
 
     if args.width <= 0 or args.height <= 0:
@@ -84,14 +77,9 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        text = read_input(args.file)
-    except (OSError, UnicodeDecodeError) as e:
-        print(f"error: cannot read {args.file}: {e}", file=sys.stderr)
-        return 2
-    try:
-        canvas = parse(text)
-    except CanvasError as e:
-        print(f"error: {args.file}: {e}", file=sys.stderr)
+        canvas = read_canvas(args.file)
+    except BadInput as e:
+        print(e, file=sys.stderr)
         return 2
     layout = process(canvas)
 

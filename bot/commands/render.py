@@ -48,12 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def read_input(name: str) -> str:
-    if name == "-":
-        return sys.stdin.read()
-    return Path(name).read_text(encoding="utf-8")
-
-
 class _ProgressBar:
     """A tqdm bar per phase (base, then hires), fed from the renderer's step callback."""
 
@@ -77,19 +71,13 @@ class _ProgressBar:
 
 
 def run(args: argparse.Namespace) -> int:
-    from omost_engine.canvas import CanvasError
-    from omost_engine.canvas_code import parse
+    from bot.commands.canvas_input import BadInput, read_canvas
     from omost_engine.render.base import InvalidRenderParams, RenderParams, check_params
 
     try:
-        text = read_input(args.file)
-    except (OSError, UnicodeDecodeError) as e:
-        print(f"error: cannot read {args.file}: {e}", file=sys.stderr)
-        return 2
-    try:
-        canvas = parse(text)
-    except CanvasError as e:
-        print(f"error: {args.file}: {e}", file=sys.stderr)
+        canvas = read_canvas(args.file)
+    except BadInput as e:
+        print(e, file=sys.stderr)
         return 2
     for c in canvas.corrections:
         print(f"corrected {c}", file=sys.stderr)
