@@ -43,7 +43,9 @@ def build_llm(config: Config) -> LLMBackend:
         quantize = "4bit"
     elif llm.quantize == "8bit":
         quantize = "8bit"
-    options: dict[str, Any] = {}
+    # The bot never downloads inside a chat turn (gigabytes, minutes): `omost-bot download` does,
+    # and the renderer is local-only the same way.
+    options: dict[str, Any] = {"offline": True}
     if llm.device != "auto":
         options["device"] = llm.device
     return create_backend("local", llm.model, quantize=quantize, **options)
