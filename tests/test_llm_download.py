@@ -91,3 +91,15 @@ def test_offline_without_the_files_is_a_clear_error(tmp_path: Path) -> None:
     assert "offline" in result.stderr
     assert "local folder" in result.stderr
     assert not any(tmp_path.rglob("*.safetensors"))
+
+
+def test_models_come_from_the_config(tmp_path: Path) -> None:
+    from bot.config import parse_config
+
+    args = build_parser().parse_args(["download"])
+    local = parse_config('[llm]\nmodel = "me/llm"\n[render]\nmodel = "me/sdxl"\n')
+    assert plan(args, local) == [Fetch("llm", "me/llm"), Fetch("render", "me/sdxl")]
+    remote = parse_config('[llm]\nbackend = "openai"\nbase_url = "http://127.0.0.1:8000/v1"\nmodel = "x"\n')
+    assert plan(args, remote) == [Fetch("render", DEFAULT_RENDER_MODEL)]  # the server holds the LLM
+    flagged = build_parser().parse_args(["download", "--llm", "--llm-model", "other/llm"])
+    assert plan(flagged, local) == [Fetch("llm", "other/llm")]

@@ -1,8 +1,10 @@
 """`omost-bot download [--llm] [--render]`: prefetch model weights into the Hugging Face cache.
 
-With neither flag both models are fetched. Models come from `--llm-model` / `--render-model`
-(defaults: SPEC.md's lllyasviel/omost-llama-3-8b-4bits and SG161222/RealVisXL_V4.0) until the
-config supplies them. huggingface_hub's own progress bars show the transfer; only the files the
+With neither flag both models are fetched. Models come from `--llm-model` / `--render-model`,
+else from the config (`-c`, or ./config.toml when present), else SPEC.md's defaults
+(lllyasviel/omost-llama-3-8b-4bits and SG161222/RealVisXL_V4.0). A config whose LLM is a remote
+server (`backend = "openai"`) needs no language-model weights here.
+huggingface_hub's own progress bars show the transfer; only the files the
 engine loads are fetched (safetensors over .bin; for SDXL the fp16 variant when the repo has one,
 never the single-file checkpoints beside the diffusers folders). A model given as a local folder
 needs no download. Exit codes: 0 fetched or already there, 1 a download failed (offline, unknown
@@ -17,6 +19,7 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HELP = "fetch the language model and/or SDXL weights into the Hugging Face cache, with progress bars"
 
@@ -34,25 +37,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--llm", action="store_true", help="fetch the language model")
     parser.add_argument("--render", action="store_true", help="fetch the SDXL model")
     parser.add_argument(
-        "--llm-model", metavar="ID", default=DEFAULT_LLM_MODEL, help=f"hub id (default {DEFAULT_LLM_MODEL})"
+        "--llm-model", metavar="ID", help=f"hub id (default: the config's, else {DEFAULT_LLM_MODEL})"
     )
     parser.add_argument(
-        "--render-model",
-        metavar="ID",
-        default=DEFAULT_RENDER_MODEL,
-        help=f"hub id (default {DEFAULT_RENDER_MODEL})",
+        "--render-model", metavar="ID", help=f"hub id (default: the config's, else {DEFAULT_RENDER_MODEL})"
     )
+    parser.add_argument("-c", "--config", type=Path, help="config file (default ./config.toml if present)")
     parser.add_argument("--cache-dir", metavar="DIR", help="Hugging Face cache folder (default: HF_HOME's)")
 
 
-def plan(args: argparse.Namespace) -> list[Fetch]:
+def plan(args: argparse.Namespace, config: Any = None) -> list[Fetch]:
     """What to fetch: the flagged models, or both when neither flag is given."""
     both = not args.llm and not args.render
     fetches: list[Fetch] = []
-    if args.llm or both:
-        fetches.append(Fetch("llm", args.llm_model))
+    remote_llm = config is not None and config.llm.backend == "openai" and not args.llm_model
+    if (args.llm or both) and not remote_llm:
+        default = config.llm.model if config is not None else DEFAULT_LLM_MODEL
+        fetches.append(Fetch("llm", args.llm_model or default))
     if args.render or both:
-        fetches.append(Fetch("render", args.render_model))
+        default = config.render.model if config is not None else DEFAULT_RENDER_MODEL
+        fetches.append(Fetch("render", args.render_model or default))
     return fetches
 
 
@@ -105,8 +109,13 @@ def _failure(item: Fetch, error: Exception) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    config = None
+    if args.config is not None or Path("config.toml").is_file():
+        from bot.commands.chat import load
+
+        config = load(args)
     failed = 0
-    for item in plan(args):
+    for item in plan(args, config):
         if Path(item.model).expanduser().is_dir():
             print(f"{item.kind}: {item.model} is a local folder; nothing to download")
             continue
