@@ -1,0 +1,811 @@
+"""Discord, through discord.py 2.x with application (slash) commands and persistent buttons.
+
+It translates, nothing more: Discord events become `Incoming`/`ButtonPress` for the bot's
+`Handler`, and the bot's `Post`s become Discord messages. It owns Discord's limits: 2000
+characters of content, 4096 of embed description, the 10 MiB file limit (a PNG too large is sent
+as JPEG), edit pacing (edits of one message are coalesced to at most one a second: the latest
+state always lands), and mentions (allowed_mentions is empty on every message: the bot never
+pings anyone from user or model text).
+
+Where a conversation lives (the store keys conversations by (platform, chat, thread) and message
+links by (platform, chat, message id)):
+- a guild text channel: chat = the channel id, thread = "";
+- a thread (the bot opens one per /omost or mention where it may): chat = the thread's parent
+  channel id, thread = the thread id, so every message of a thread conversation shares the
+  parent's chat key and replies resolve however the message was reached;
+- a DM: chat = the DM channel id, thread = "" (the DM is the thread).
+
+Interactions are acknowledged at once (a short response; the quick commands answer in it), and
+everything after that travels as ordinary channel messages: an interaction token dies after 15
+minutes and a queue can outlive it. Buttons carry `omost:<action>:<turn id>` in their custom_id
+and are matched by a `DynamicItem` template, so a button pressed after a restart still works.
+
+Errors: discord.py retries rate limits (429, honouring retry_after) and 5xx itself; every send
+carries a nonce Discord enforces, so a retried send never posts twice. Missing permissions
+(threads, attachments) degrade to the channel or to text, with a note for the server admin in the
+log. Every unexpected error goes through one handler, `_on_error`.
+
+Never imports torch, the engine or the bot package (DESIGN.md's one-way rule).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import logging
+import random
+import re
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import discord
+from discord import app_commands
+
+from adapters.base import (
+    BUTTON_ACTIONS,
+    Attachment,
+    Button,
+    ButtonPress,
+    Handler,
+    Incoming,
+    MessageRef,
+    OutFile,
+    Post,
+)
+
+
+class _DiscordSection(Protocol):
+    @property
+    def guild_ids(self) -> Sequence[int]: ...
+    @property
+    def create_threads(self) -> bool: ...
+
+
+class _Config(Protocol):
+    """What the adapter reads of bot.config.Config (the adapter must not import the bot)."""
+
+    @property
+    def discord(self) -> _DiscordSection: ...
+    def discord_token(self) -> str: ...
+
+
+log = logging.getLogger(__name__)
+
+PLATFORM = "discord"
+CONTENT_LIMIT = 2000
+EMBED_LIMIT = 4096
+FILE_LIMIT = 10 * 1024 * 1024  # Discord's default upload limit per file
+ATTACHMENT_FETCH_LIMIT = 10 * 1024 * 1024
+ACK_WITHIN_S = 2.0  # quick commands answer in the interaction response when the bot is this fast
+EDIT_INTERVAL_S = 1.0
+THREAD_NAME_LIMIT = 100
+CUSTOM_ID = re.compile(r"omost:(?P<action>[a-z]+):(?P<turn>\d+)")
+NO_MENTIONS = discord.AllowedMentions.none()
+ASPECTS = {
+    "square": "1024x1024",
+    "portrait": "896x1152",
+    "landscape": "1152x896",
+    "wide": "1344x768",
+    "tall": "768x1344",
+}
+BUTTON_STYLES = {
+    "seed": discord.ButtonStyle.primary,
+    "rewrite": discord.ButtonStyle.secondary,
+    "hires": discord.ButtonStyle.secondary,
+    "retry": discord.ButtonStyle.primary,
+    "cancel": discord.ButtonStyle.danger,
+}
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _nonce() -> str:
+    # Discord dedupes message creation by nonce (enforce_nonce): a send retried after a 5xx
+    # that had in fact gone through returns the first message instead of posting twice
+    return str(random.getrandbits(62))
+
+
+def fit_image(file: OutFile, limit: int = FILE_LIMIT) -> OutFile:
+    """The image as it may be uploaded: as is when it fits, else as JPEG (smaller each try)."""
+    if len(file.data) <= limit:
+        return file
+    from PIL import Image  # only needed for the rare oversized image
+
+    with Image.open(io.BytesIO(file.data)) as opened:
+        image = opened.convert("RGB")
+    stem = file.filename.rsplit(".", 1)[0]
+    for quality, scale in ((92, 1.0), (85, 1.0), (80, 0.75), (75, 0.5), (70, 0.35)):
+        frame = (
+            image
+            if scale == 1.0
+            else image.resize((max(1, int(image.width * scale)), max(1, int(image.height * scale))))
+        )
+        buffer = io.BytesIO()
+        frame.save(buffer, format="JPEG", quality=quality)
+        if buffer.tell() <= limit:
+            return OutFile(f"{stem}.jpg", buffer.getvalue(), "image/jpeg")
+    raise ValueError(f"{file.filename} does not fit in {limit} bytes even as a small JPEG")
+
+
+@dataclass
+class _Ack:
+    """An interaction not yet answered: the first reply the bot makes to it becomes its response."""
+
+    interaction: discord.Interaction[Any]
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass
+class _EditSlot:
+    """Coalesced edits of one message: the newest post wins, at most one edit per interval."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    latest: Post | None = None
+    version: int = 0
+    applied: int = 0
+    last: float = 0.0
+    result: MessageRef | None = None
+
+
+class ActionButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUSTOM_ID.pattern):
+    """A result's button; rebuilt from its custom_id alone, so it works after a restart."""
+
+    def __init__(self, action: str, turn_id: int) -> None:
+        label = Button(action, turn_id).label if action in BUTTON_ACTIONS else action
+        super().__init__(
+            discord.ui.Button(
+                label=label,
+                style=BUTTON_STYLES.get(action, discord.ButtonStyle.secondary),
+                custom_id=f"omost:{action}:{turn_id}",
+            )
+        )
+        self.action = action
+        self.turn_id = turn_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> ActionButton:
+        return cls(match["action"], int(match["turn"]))
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        client = interaction.client
+        if isinstance(client, _OmostClient):
+            await client.adapter.on_button(interaction, self.action, self.turn_id)
+
+
+class _OmostClient(discord.Client):
+    def __init__(self, adapter: DiscordAdapter, **options: Any) -> None:
+        super().__init__(**options)
+        self.adapter = adapter
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self.adapter.on_discord_message(message)
+
+    async def on_error(self, event_method: str, /, *args: Any, **kwargs: Any) -> None:
+        error = sys.exc_info()[1]
+        if error is not None:
+            await self.adapter._on_error(error, f"event {event_method}")
+
+
+class DiscordAdapter:
+    platform = PLATFORM
+    min_edit_interval = EDIT_INTERVAL_S
+
+    def __init__(
+        self,
+        token: str,
+        *,
+        guild_ids: Sequence[int] = (),
+        create_threads: bool = True,
+        guild_ready_timeout: float = 2.0,
+        edit_interval: float = EDIT_INTERVAL_S,
+        ready_timeout: float = 60.0,
+    ) -> None:
+        self.token = token
+        self.guild_ids = list(guild_ids)
+        self.create_threads = create_threads
+        self.guild_ready_timeout = guild_ready_timeout
+        self.edit_interval = edit_interval
+        self.ready_timeout = ready_timeout
+        self.client: _OmostClient | None = None
+        self._handler: Handler | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._acks: dict[str, _Ack] = {}
+        self._edits: OrderedDict[str, _EditSlot] = OrderedDict()
+        self._channel_of: OrderedDict[str, str] = OrderedDict()  # message id -> channel id it lives in
+        self._seen: OrderedDict[str, None] = OrderedDict()  # events handled (a replayed one is ignored)
+        self._thread_parent: dict[int, int] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    def from_config(cls, config: _Config) -> DiscordAdapter:
+        section = config.discord
+        return cls(
+            config.discord_token(),
+            guild_ids=list(section.guild_ids),
+            create_threads=section.create_threads,
+        )
+
+    # --- life cycle ------------------------------------------------------------------------------
+
+    async def start(self, handler: Handler) -> None:
+        self._handler = handler
+        intents = discord.Intents.default()
+        intents.message_content = True  # a privileged intent: enable it in the developer portal
+        client = _OmostClient(
+            self,
+            intents=intents,
+            allowed_mentions=NO_MENTIONS,
+            guild_ready_timeout=self.guild_ready_timeout,
+        )
+        tree = app_commands.CommandTree(client)
+        tree.on_error = self._on_tree_error  # type: ignore[method-assign]
+        self._add_commands(tree)
+        client.add_dynamic_items(ActionButton)
+        self.client = client
+        await client.login(self.token)
+        await self._sync(tree)
+        self._runner = asyncio.create_task(client.connect(reconnect=True))
+        ready = asyncio.create_task(client.wait_until_ready())
+        done, _ = await asyncio.wait(
+            {ready, self._runner}, timeout=self.ready_timeout, return_when="FIRST_COMPLETED"
+        )
+        if ready not in done:
+            ready.cancel()
+            if self._runner in done:
+                self._runner.result()  # the connection's own error (a bad token, no gateway)
+            raise TimeoutError(f"Discord did not become ready within {self.ready_timeout:g} s")
+
+    async def _sync(self, tree: app_commands.CommandTree[Any]) -> None:
+        if self.guild_ids:
+            for guild_id in self.guild_ids:
+                guild = discord.Object(id=guild_id)
+                tree.copy_global_to(guild=guild)
+                await tree.sync(guild=guild)
+        else:
+            await tree.sync()  # global commands can take up to an hour to appear
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.client is not None:
+            await self.client.close()
+        if self._runner is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._runner
+        self.client = None
+        self._runner = None
+
+    def _spawn(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- slash commands --------------------------------------------------------------------------
+
+    def _add_commands(self, tree: app_commands.CommandTree[Any]) -> None:
+        adapter = self
+
+        @app_commands.command(name="omost", description="Compose and draw a picture from a description")
+        @app_commands.describe(
+            prompt="What to draw",
+            seed="A fixed seed (same seed, same picture)",
+            aspect="The picture's shape",
+            size="An exact size, e.g. 1024x1024 (overrides aspect)",
+            steps="Denoising steps",
+            hires="Upscale factor for a second, sharper pass (1.0 = off)",
+        )
+        @app_commands.choices(aspect=[app_commands.Choice(name=k, value=v) for k, v in ASPECTS.items()])
+        async def omost(
+            interaction: discord.Interaction[Any],
+            prompt: str,
+            seed: app_commands.Range[int, 0, 2**31 - 1] | None = None,
+            aspect: app_commands.Choice[str] | None = None,
+            size: str | None = None,
+            steps: app_commands.Range[int, 1, 100] | None = None,
+            hires: app_commands.Range[float, 1.0, 2.0] | None = None,
+        ) -> None:
+            options: dict[str, str] = {}
+            if seed is not None:
+                options["seed"] = str(seed)
+            if size:
+                options["size"] = size
+            elif aspect is not None:
+                options["size"] = aspect.value
+            if steps is not None:
+                options["steps"] = str(steps)
+            if hires is not None:
+                options["hires"] = f"{hires:g}"
+            await adapter._omost(interaction, prompt, options)
+
+        @app_commands.command(name="settings", description="Show or change your default picture settings")
+        @app_commands.describe(
+            size="e.g. 1024x1024",
+            steps="Denoising steps",
+            seed="A number, or 'random'",
+            hires="1.0-2.0, or 'off'",
+            png="Also send the lossless PNG",
+        )
+        async def settings(
+            interaction: discord.Interaction[Any],
+            size: str | None = None,
+            steps: app_commands.Range[int, 1, 100] | None = None,
+            seed: str | None = None,
+            hires: str | None = None,
+            png: bool | None = None,
+        ) -> None:
+            parts = [
+                f"{k}={v}"
+                for k, v in (("size", size), ("steps", steps), ("seed", seed), ("hires", hires))
+                if v is not None
+            ]
+            if png is not None:
+                parts.append(f"png={'on' if png else 'off'}")
+            await adapter._quick(interaction, "settings", " ".join(parts))
+
+        @app_commands.command(name="new", description="Start a new conversation here")
+        async def new(interaction: discord.Interaction[Any]) -> None:
+            await adapter._quick(interaction, "new", "")
+
+        @app_commands.command(name="cancel", description="Cancel your latest queued or running picture")
+        async def cancel(interaction: discord.Interaction[Any]) -> None:
+            await adapter._quick(interaction, "cancel", "")
+
+        @app_commands.command(name="help", description="How to use the bot")
+        async def help_(interaction: discord.Interaction[Any]) -> None:
+            await adapter._quick(interaction, "help", "")
+
+        tree.add_command(omost)
+        tree.add_command(settings)
+        tree.add_command(new)
+        tree.add_command(cancel)
+        tree.add_command(help_)
+
+    async def _omost(
+        self, interaction: discord.Interaction[Any], prompt: str, options: dict[str, str]
+    ) -> None:
+        """/omost: answer at once with the request, open a thread on that answer where allowed,
+        then hand the request to the bot. Everything after this goes to the channel or thread."""
+        name = interaction.user.display_name
+        callback = await interaction.response.send_message(
+            _clip(f"**{name}**: {prompt}", CONTENT_LIMIT), allowed_mentions=NO_MENTIONS
+        )
+        response_id = callback.message_id or interaction.id
+        chat, thread = await self._place(interaction.channel, interaction.channel_id)
+        self._remember(str(response_id), chat)
+        if not thread and interaction.guild_id is not None:
+            thread = await self._open_thread(
+                interaction.channel, response_id, prompt, interaction.app_permissions
+            )
+        await self._deliver(
+            Incoming(
+                platform=PLATFORM,
+                chat=chat,
+                thread=thread,
+                message_id=str(response_id),
+                user=str(interaction.user.id),
+                user_name=name,
+                text=prompt,
+                command="omost",
+                options=options,
+                private=interaction.guild_id is None,
+                roles=_roles(interaction.user),
+            )
+        )
+
+    async def _quick(self, interaction: discord.Interaction[Any], command: str, text: str) -> None:
+        """A command the bot answers at once: its reply becomes the interaction's response; if the
+        bot is slow, a short acknowledgement goes first and the answer follows as a message."""
+        chat, thread = await self._place(interaction.channel, interaction.channel_id)
+        key = f"interaction-{interaction.id}"
+        ack = _Ack(interaction)
+        self._acks[key] = ack
+        message = Incoming(
+            platform=PLATFORM,
+            chat=chat,
+            thread=thread,
+            message_id=key,
+            user=str(interaction.user.id),
+            user_name=interaction.user.display_name,
+            text=text,
+            command=command,
+            private=interaction.guild_id is None,
+            roles=_roles(interaction.user),
+        )
+        task = self._spawn(self._deliver(message))
+        try:
+            await asyncio.wait({task}, timeout=ACK_WITHIN_S)
+            async with ack.lock:
+                if not interaction.response.is_done():
+                    await interaction.response.send_message("Working on it…", allowed_mentions=NO_MENTIONS)
+        finally:
+            self._acks.pop(key, None)
+
+    async def _deliver(self, message: Incoming) -> None:
+        if self._handler is None:
+            return
+        try:
+            await self._handler.on_message(self, message)
+        except Exception as e:
+            await self._on_error(e, f"message {message.message_id}")
+
+    # --- buttons ---------------------------------------------------------------------------------
+
+    async def on_button(self, interaction: discord.Interaction[Any], action: str, turn_id: int) -> None:
+        # acknowledge without changing the message; the bot's answer comes as channel messages
+        with contextlib.suppress(discord.HTTPException):
+            await interaction.response.defer()
+        if not self._first_time(f"interaction-{interaction.id}") or self._handler is None:
+            return
+        chat, thread = await self._place(interaction.channel, interaction.channel_id)
+        press = ButtonPress(
+            platform=PLATFORM,
+            chat=chat,
+            thread=thread,
+            user=str(interaction.user.id),
+            user_name=interaction.user.display_name,
+            action=action,
+            turn_id=turn_id,
+            message_id=str(interaction.message.id) if interaction.message else "",
+            roles=_roles(interaction.user),
+        )
+        try:
+            await self._handler.on_button(self, press)
+        except Exception as e:
+            await self._on_error(e, f"button {action}:{turn_id}")
+
+    # --- messages --------------------------------------------------------------------------------
+
+    async def on_discord_message(self, message: discord.Message) -> None:
+        client = self.client
+        if client is None or client.user is None or message.author.bot:
+            return
+        if not self._first_time(f"message-{message.id}"):
+            return  # a replayed event: already handled
+        me = client.user
+        chat, thread = await self._place(message.channel, message.channel.id)
+        self._remember(str(message.id), str(message.channel.id))
+        private = message.guild is None
+        mentioned = me in message.mentions
+        reply_to: str | None = None
+        replied_to_bot = False
+        if message.reference is not None and message.reference.message_id is not None:
+            reply_to = str(message.reference.message_id)
+            resolved = message.reference.resolved
+            replied_to_bot = isinstance(resolved, discord.Message) and resolved.author.id == me.id
+        in_our_thread = isinstance(message.channel, discord.Thread) and message.channel.owner_id == me.id
+        if not (private or mentioned or replied_to_bot or in_our_thread):
+            return  # guild chatter not meant for the bot
+        text = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
+        if mentioned and not thread and not private and not replied_to_bot:
+            # a mention in a channel works like /omost: a thread on the user's message
+            permissions = (
+                message.channel.permissions_for(message.guild.me)
+                if isinstance(message.channel, discord.TextChannel) and message.guild is not None
+                else None
+            )
+            thread = await self._open_thread(message.channel, message.id, text, permissions)
+        attachments = await self._fetch_attachments(message.attachments)
+        await self._deliver(
+            Incoming(
+                platform=PLATFORM,
+                chat=chat,
+                thread=thread,
+                message_id=str(message.id),
+                user=str(message.author.id),
+                user_name=message.author.display_name,
+                text=text,
+                reply_to=reply_to,
+                attachments=attachments,
+                private=private,
+                roles=_roles(message.author),
+            )
+        )
+
+    async def _fetch_attachments(self, attachments: Sequence[discord.Attachment]) -> tuple[Attachment, ...]:
+        out = []
+        for attachment in attachments:
+            name = attachment.filename.lower()
+            if not name.endswith((".py", ".txt", ".png")) or attachment.size > ATTACHMENT_FETCH_LIMIT:
+                continue  # only canvas code and the bot's own PNGs mean anything to the bot
+            try:
+                data = await attachment.read()
+            except discord.HTTPException as e:
+                log.warning("could not download attachment %s: %s", attachment.filename, e)
+                continue
+            out.append(
+                Attachment(attachment.filename, data, attachment.content_type or "application/octet-stream")
+            )
+        return tuple(out)
+
+    # --- where things live -----------------------------------------------------------------------
+
+    async def _place(self, channel: Any, channel_id: int | None) -> tuple[str, str]:
+        """(chat, thread) for a channel: a thread maps to (its parent, itself)."""
+        if isinstance(channel, discord.Thread):
+            if channel.parent_id:
+                self._thread_parent[channel.id] = channel.parent_id
+            return str(channel.parent_id), str(channel.id)
+        cid = channel.id if channel is not None else channel_id
+        if cid is None:
+            return "", ""
+        if cid in self._thread_parent:
+            return str(self._thread_parent[cid]), str(cid)
+        if isinstance(channel, discord.abc.GuildChannel | discord.DMChannel | discord.GroupChannel):
+            return str(cid), ""
+        # a channel not in the cache (a partial one): ask Discord whether it is a thread
+        if self.client is not None and getattr(channel, "guild", None) is not None:
+            try:
+                fetched = await self.client.fetch_channel(cid)
+            except discord.HTTPException:
+                return str(cid), ""
+            if isinstance(fetched, discord.Thread) and fetched.parent_id:
+                self._thread_parent[cid] = fetched.parent_id
+                return str(fetched.parent_id), str(cid)
+        return str(cid), ""
+
+    async def _open_thread(
+        self, channel: Any, message_id: int, title: str, permissions: discord.Permissions | None
+    ) -> str:
+        """A thread on `message_id` when the config and the bot's permissions allow; else ""."""
+        if not self.create_threads or not isinstance(channel, discord.TextChannel):
+            return ""
+        if permissions is not None and not (
+            permissions.create_public_threads and permissions.send_messages_in_threads
+        ):
+            log.warning(
+                "Discord: no permission to create threads in #%s (%s); answering in the channel. "
+                "A server admin can grant Create Public Threads and Send Messages in Threads.",
+                channel.name,
+                channel.id,
+            )
+            return ""
+        name = _clip(" ".join(title.split()) or "Omost", THREAD_NAME_LIMIT)
+        try:
+            created = await channel.get_partial_message(message_id).create_thread(
+                name=name, auto_archive_duration=1440
+            )
+        except discord.Forbidden:
+            log.warning(
+                "Discord: creating a thread in #%s (%s) was refused; answering in the channel. "
+                "A server admin can grant Create Public Threads.",
+                channel.name,
+                channel.id,
+            )
+            return ""
+        except discord.HTTPException as e:
+            log.warning(
+                "Discord: could not create a thread in %s (%s); answering in the channel", channel.id, e
+            )
+            return ""
+        self._thread_parent[created.id] = channel.id
+        return str(created.id)
+
+    def _remember(self, message_id: str, channel_id: str) -> None:
+        self._channel_of[message_id] = channel_id
+        while len(self._channel_of) > 10000:
+            self._channel_of.popitem(last=False)
+
+    def _first_time(self, key: str) -> bool:
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        while len(self._seen) > 10000:
+            self._seen.popitem(last=False)
+        return True
+
+    # --- the port: sending -----------------------------------------------------------------------
+
+    async def send(self, chat: str, thread: str, post: Post) -> list[MessageRef]:
+        ack = self._acks.get(post.reply_to or "")
+        if ack is not None and post.image is None and not post.files:
+            async with ack.lock:
+                if not ack.interaction.response.is_done():
+                    return [await self._respond(ack.interaction, chat, thread, post)]
+        client = self._require_client()
+        target = thread or chat
+        channel = client.get_partial_messageable(int(target))
+        kwargs = self._message_kwargs(post, target)
+        files = kwargs.pop("files", [])
+        try:
+            message = await channel.send(files=files, nonce=_nonce(), **kwargs)
+        except discord.Forbidden as e:
+            if not files and not kwargs.get("embed"):
+                raise
+            # most likely Attach Files or Embed Links is missing: say it in plain text instead
+            log.warning(
+                "Discord: sending files to channel %s was refused (%s). A server admin can grant "
+                "Attach Files and Embed Links; sending the text alone.",
+                target,
+                e.text,
+            )
+            note = "\n(I may not attach files here: a server admin can grant Attach Files and Embed Links.)"
+            plain: dict[str, Any] = {"view": kwargs["view"]} if "view" in kwargs else {}
+            message = await channel.send(
+                content=_clip(post.text, CONTENT_LIMIT - len(note)) + note,
+                allowed_mentions=NO_MENTIONS,
+                nonce=_nonce(),
+                **plain,
+            )
+        self._remember(str(message.id), target)
+        return [MessageRef(PLATFORM, chat, str(message.id), thread)]
+
+    async def _respond(
+        self, interaction: discord.Interaction[Any], chat: str, thread: str, post: Post
+    ) -> MessageRef:
+        view = _view(post.buttons)
+        extra: dict[str, Any] = {"view": view} if view is not None else {}
+        callback = await interaction.response.send_message(
+            _clip(post.text, CONTENT_LIMIT) or "…", allowed_mentions=NO_MENTIONS, **extra
+        )
+        message_id = str(callback.message_id or interaction.id)
+        self._remember(message_id, str(interaction.channel_id))
+        return MessageRef(PLATFORM, chat, message_id, thread)
+
+    def _message_kwargs(self, post: Post, target: str) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"allowed_mentions": NO_MENTIONS}
+        files: list[discord.File] = []
+        notes: list[str] = []
+        embed: discord.Embed | None = None
+        content = post.text
+        if post.image is not None:
+            image = fit_image(post.image)
+            files.append(discord.File(io.BytesIO(image.data), filename=image.filename))
+            if post.role == "image":
+                embed = discord.Embed(description=_clip(post.text, EMBED_LIMIT))
+                if post.turn_id is not None:
+                    embed.title = f"Turn {post.turn_id}"
+                embed.set_image(url=f"attachment://{image.filename}")
+                content = ""
+        for extra in post.files:
+            if (
+                post.image is not None
+                and extra.data == post.image.data
+                and extra.filename == post.image.filename
+            ):
+                continue
+            if len(extra.data) > FILE_LIMIT:
+                notes.append(f"({extra.filename} is larger than Discord's {FILE_LIMIT // 2**20} MiB limit.)")
+                continue
+            files.append(discord.File(io.BytesIO(extra.data), filename=extra.filename))
+        if notes:
+            content = "\n".join([content, *notes]).strip()
+        kwargs["content"] = _clip(content, CONTENT_LIMIT) or None
+        if embed is not None:
+            kwargs["embed"] = embed
+        view = _view(post.buttons)
+        if view is not None:
+            kwargs["view"] = view
+        if post.reply_to and self._channel_of.get(post.reply_to) == target:
+            # a reply only within one channel: a thread's messages can't reply across to its parent
+            kwargs["reference"] = discord.MessageReference(
+                message_id=int(post.reply_to), channel_id=int(target), fail_if_not_exists=False
+            )
+        kwargs["files"] = files
+        return kwargs
+
+    # --- the port: editing -----------------------------------------------------------------------
+
+    async def edit(self, ref: MessageRef, post: Post) -> MessageRef:
+        """Edits of one message are coalesced: at most one per `edit_interval`, the newest wins;
+        every caller gets the ref of the message that shows (at least) its state."""
+        slot = self._edits.get(ref.message_id)
+        if slot is None:
+            slot = self._edits[ref.message_id] = _EditSlot()
+            while len(self._edits) > 1000:
+                self._edits.popitem(last=False)
+        slot.latest = post
+        slot.version += 1
+        mine = slot.version
+        async with slot.lock:
+            if slot.applied >= mine and slot.result is not None:
+                return slot.result  # a later state already landed
+            wait = slot.last + self.edit_interval - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            latest, version = slot.latest, slot.version
+            assert latest is not None
+            result = await self._edit_now(ref, latest)
+            slot.applied, slot.last, slot.result = version, time.monotonic(), result
+            if result != ref:
+                self._edits.pop(ref.message_id, None)
+            return result
+
+    async def _edit_now(self, ref: MessageRef, post: Post) -> MessageRef:
+        client = self._require_client()
+        target = ref.thread or ref.chat
+        partial = client.get_partial_messageable(int(target)).get_partial_message(int(ref.message_id))
+        kwargs = self._message_kwargs(replace_reply(post), target)
+        files = kwargs.pop("files")
+        kwargs.pop("reference", None)
+        kwargs["view"] = kwargs.get("view")  # None clears buttons the message no longer has
+        kwargs["embed"] = kwargs.get("embed")
+        if files:
+            kwargs["attachments"] = files
+        try:
+            await partial.edit(**kwargs)
+        except (discord.NotFound, discord.Forbidden) as e:
+            # deleted, or not editable any more: post the state as a new message instead
+            log.info("Discord: message %s could not be edited (%s); sending a new one", ref.message_id, e)
+            return (await self.send(ref.chat, ref.thread, replace_reply(post)))[0]
+        return ref
+
+    async def delete(self, ref: MessageRef) -> None:
+        client = self._require_client()
+        partial = client.get_partial_messageable(int(ref.thread or ref.chat)).get_partial_message(
+            int(ref.message_id)
+        )
+        with contextlib.suppress(discord.NotFound):
+            await partial.delete()
+
+    def _require_client(self) -> discord.Client:
+        if self.client is None:
+            raise RuntimeError("the Discord adapter is not started")
+        return self.client
+
+    # --- errors ----------------------------------------------------------------------------------
+
+    async def _on_tree_error(
+        self, interaction: discord.Interaction[Any], error: app_commands.AppCommandError
+    ) -> None:
+        await self._on_error(
+            getattr(error, "original", error),
+            f"/{interaction.command.name if interaction.command else '?'}",
+            interaction,
+        )
+
+    async def _on_error(
+        self, error: BaseException, where: str, interaction: discord.Interaction[Any] | None = None
+    ) -> None:
+        """The one error handler: log it (with a note for the admin when it is a permission), and
+        tell the user briefly when an interaction is still waiting for its answer."""
+        if isinstance(error, discord.Forbidden):
+            log.warning(
+                "Discord: missing permissions in %s (%s). A server admin can grant the bot: View Channel, "
+                "Send Messages, Send Messages in Threads, Create Public Threads, Attach Files, Embed Links, "
+                "Read Message History.",
+                where,
+                error.text,
+            )
+        else:
+            log.error("Discord: error in %s", where, exc_info=error)
+        if interaction is not None and not interaction.response.is_done():
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.response.send_message(
+                    "Sorry, something went wrong with that command.",
+                    ephemeral=True,
+                    allowed_mentions=NO_MENTIONS,
+                )
+
+
+def replace_reply(post: Post) -> Post:
+    """The post without its reply target (an edit or a resend never re-points a reply)."""
+    return replace(post, reply_to=None)
+
+
+def _view(buttons: Sequence[Button]) -> discord.ui.View | None:
+    if not buttons:
+        return None
+    view = discord.ui.View(timeout=None)
+    for button in buttons:
+        view.add_item(ActionButton(button.action, button.turn_id))
+    return view
+
+
+def _roles(user: discord.abc.User | discord.Member) -> tuple[str, ...]:
+    if isinstance(user, discord.Member):
+        return tuple(str(role.id) for role in user.roles if not role.is_default())
+    return ()
+
+
+__all__ = ["ActionButton", "DiscordAdapter", "fit_image"]

@@ -1,0 +1,318 @@
+"""The Discord adapter, driven through the real discord.py against a fake Discord on loopback.
+
+Each test starts the bot (App + fake backends + DiscordAdapter) against tests/fakes/discord_server.py
+and plays a user: slash commands and button presses arrive as INTERACTION_CREATE, messages as
+MESSAGE_CREATE; what the user would see is read back from the messages the fake holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import re
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from adapters.base import OutFile
+from adapters.discord_bot import DiscordAdapter, fit_image
+from bot.app import App
+from bot.config import Config, parse_config
+from bot.store import TurnStatus
+from omost_engine.canvas_code import parse
+from tests.fakes.discord_server import CHANNEL_ID, GUILD_ID, OTHER_CHANNEL_ID, FakeDiscord, serve
+from tests.fakes.fake_backends import FakeLLM, FakeRenderer
+from tests.seed import seed_answers
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def make_config(tmp_path: Path, extra: str = "") -> Config:
+    return parse_config(
+        f"""
+[data]
+dir = "{tmp_path / "data"}"
+[render]
+width = 128
+height = 128
+steps = 3
+[queue]
+swap_models = "never"
+[access]
+rate_limit_per_minute = 100
+[discord]
+enabled = true
+guild_ids = [{GUILD_ID}]
+{extra}
+""",
+        source="discord-test.toml",
+    )
+
+
+def make_adapter(config: Config) -> DiscordAdapter:
+    adapter = DiscordAdapter.from_config(config)
+    adapter.guild_ready_timeout = 0.05
+    adapter.edit_interval = 0.05
+    return adapter
+
+
+@asynccontextmanager
+async def running_bot(
+    tmp_path: Path, fake: FakeDiscord, *, llm: FakeLLM | None = None, renderer: FakeRenderer | None = None
+) -> AsyncIterator[App]:
+    config = make_config(tmp_path)
+    async with App(
+        config, adapters=[make_adapter(config)], llm=llm or FakeLLM(), renderer=renderer or FakeRenderer()
+    ) as app:
+        yield app
+
+
+@pytest.fixture
+async def fake(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeDiscord]:
+    monkeypatch.setenv("DISCORD_BOT_TOKEN", "fake-token")
+    async with serve() as server:
+        yield server
+
+
+def results(fake: FakeDiscord, channel_id: int | None = None) -> list[dict[str, Any]]:
+    """The bot's result messages: an image in an embed, with the code file and buttons."""
+    return [m for m in fake.sent(channel_id) if m["embeds"] and m["attachments"]]
+
+
+def buttons(message: dict[str, Any]) -> list[str]:
+    return [c["custom_id"] for row in message["components"] for c in row["components"]]
+
+
+async def settle(
+    app: App, fake: FakeDiscord, count: int, channel_id: int | None = None
+) -> list[dict[str, Any]]:
+    found = await fake.wait_for(lambda: len(results(fake, channel_id)) >= count and results(fake, channel_id))
+    await asyncio.wait_for(app.conversations.drain(), 20)
+    return found
+
+
+def thread_of(fake: FakeDiscord) -> int:
+    threads = fake.threads()
+    assert len(threads) == 1
+    return int(threads[0]["id"])
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_errors(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
+    """Whatever a test does, nothing in the bot or the adapter may log an error."""
+    yield
+    errors = [
+        r for r in caplog.records if r.levelno >= logging.ERROR and r.name.startswith(("adapters", "bot"))
+    ]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+def mention_settings(fake: FakeDiscord) -> list[Any]:
+    """allowed_mentions of every message the bot created or edited, interaction responses included."""
+    found = []
+    for call in fake.calls:
+        if call.method in ("POST", "PATCH") and re.fullmatch(r"/channels/\d+/messages(/\d+)?", call.path):
+            found.append((call.json or {}).get("allowed_mentions"))
+        elif call.path.endswith("/callback") and (call.json or {}).get("type") == 4:
+            found.append(call.json["data"].get("allowed_mentions"))
+    return found
+
+
+async def test_omost_opens_a_thread_and_ends_with_image_code_and_buttons(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    async with running_bot(tmp_path, fake) as app:
+        assert {c["name"] for c in fake.commands[str(GUILD_ID)]} == {
+            "omost",
+            "settings",
+            "new",
+            "cancel",
+            "help",
+        }
+        started = time.monotonic()
+        interaction = await fake.slash("omost", {"prompt": "a lighthouse in a storm", "seed": 7})
+        callback = await fake.wait_for(
+            lambda: [c for c in fake.calls if c.path.startswith(f"/interactions/{interaction['id']}/")]
+        )
+        assert callback[0].at - started < 3.0  # acknowledged within Discord's 3 seconds
+        [result] = await settle(app, fake, 1)
+        thread = thread_of(fake)
+        assert fake.channels[thread]["parent_id"] == str(CHANNEL_ID)
+        assert result["channel_id"] == str(thread)  # the conversation lives in the thread
+        names = [a["filename"] for a in result["attachments"]]
+        assert names == ["turn-1.png", "turn-1-canvas.py"]
+        assert parse(fake.file(result, ".py").decode()) == parse(seed_answers()[0])
+        assert Image.open(io.BytesIO(fake.file(result, ".png"))).size == (16, 16)
+        embed = result["embeds"][0]
+        assert embed["image"]["url"] == "attachment://turn-1.png"
+        assert embed["description"].startswith("New picture")
+        assert buttons(result) == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1"]
+        turn = await app.store.get_turn(1)
+        assert turn.status == TurnStatus.DONE and turn.seed == 7
+        # the layout preview came before the result, and the status message ended as "done"
+        in_thread = fake.sent(thread)
+        preview = next(m for m in in_thread if "layout" in m["content"])
+        assert in_thread.index(preview) < in_thread.index(result)
+        assert any(m["content"].endswith("done.") for m in in_thread)
+        # no result travelled over the interaction token
+        assert not [c for c in fake.calls if c.path.startswith("/webhooks/")]
+
+
+async def test_thread_messages_continue_and_a_reply_to_the_first_result_branches(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    llm = FakeLLM()
+    async with running_bot(tmp_path, fake, llm=llm) as app:
+        await fake.slash("omost", {"prompt": "a lighthouse in a storm"})
+        [first] = await settle(app, fake, 1)
+        thread = thread_of(fake)
+        # a plain message in the thread continues the conversation
+        await fake.say("make it night", channel_id=thread)
+        await settle(app, fake, 2)
+        second = await app.store.get_turn(2)
+        assert second.parent_id == 1 and second.user_text == "make it night"
+        # a reply to the first result branches from turn 1, not from the thread's latest turn
+        await fake.say("make it snow", channel_id=thread, reply_to=int(first["id"]))
+        found = await settle(app, fake, 3)
+        third = await app.store.get_turn(3)
+        assert third.parent_id == 1 and third.status == TurnStatus.DONE
+        assert all(m["channel_id"] == str(thread) for m in found)
+        # the second compose saw turn 1 as history; the third did not see turn 2
+        assert "make it night" not in [m.content for m in llm.calls[2][0]]
+        # guild chatter that is neither a mention nor a reply is ignored
+        before = len(fake.sent())
+        await fake.say("just chatting", channel_id=CHANNEL_ID)
+        await asyncio.sleep(0.3)
+        assert len(fake.sent()) == before
+
+
+async def test_a_dm_conversation(tmp_path: Path, fake: FakeDiscord) -> None:
+    async with running_bot(tmp_path, fake) as app:
+        dm = int(fake.dm_channel(1001)["id"])
+        await fake.say("a lighthouse in a storm", channel_id=dm)
+        await settle(app, fake, 1, dm)
+        await fake.say("make it night", channel_id=dm)
+        results_in_dm = await settle(app, fake, 2, dm)
+        assert (await app.store.get_turn(2)).parent_id == 1
+        assert fake.threads() == []  # in a DM the DM is the thread
+        # a slash command in the DM continues the same conversation
+        await fake.slash("omost", {"prompt": "add a moon"}, dm=True)
+        await settle(app, fake, 3, dm)
+        assert (await app.store.get_turn(3)).parent_id == 2
+        assert len(results_in_dm) >= 2
+
+
+async def test_a_button_pressed_after_a_restart_works(tmp_path: Path, fake: FakeDiscord) -> None:
+    async with running_bot(tmp_path, fake) as app:
+        await fake.slash("omost", {"prompt": "a lighthouse in a storm"})
+        [first] = await settle(app, fake, 1)
+    assert fake.identifies == 1
+    async with running_bot(tmp_path, fake) as app:  # a new process: nothing in memory but the store
+        assert fake.identifies == 2
+        await fake.press("omost:seed:1", int(first["id"]))
+        found = await settle(app, fake, 2)
+        again = await app.store.get_turn(2)
+        assert again.parent_id == 1 and again.seed != (await app.store.get_turn(1)).seed
+        assert found[1]["channel_id"] == first["channel_id"]  # in the same thread
+        assert buttons(found[1]) == ["omost:seed:2", "omost:rewrite:2", "omost:hires:2"]
+
+
+async def test_a_job_outliving_the_interaction_token_still_delivers(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    async with running_bot(tmp_path, fake, renderer=FakeRenderer(step_delay_s=0.1)) as app:
+        interaction = await fake.slash("omost", {"prompt": "a lighthouse in a storm"})
+        await fake.wait_for(lambda: any(c.path.endswith("/callback") for c in fake.calls))
+        fake.expire_token(interaction["token"])  # as if 15 minutes had passed
+        [result] = await settle(app, fake, 1)
+        assert result["attachments"]
+        assert not [c for c in fake.calls if c.path.startswith("/webhooks/") or c.status == 401]
+
+
+async def test_rate_limits_and_server_errors_are_survived_without_duplicates(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    async with running_bot(tmp_path, fake) as app:
+        # the first message the bot sends is rate limited, the next one fails with a 500 after
+        # Discord had in fact made it (the bot retries; the nonce keeps it from posting twice)
+        fake.fail("POST", r"^/channels/\d+/messages$", 429, retry_after=0.3)
+        fake.fail("POST", r"^/channels/\d+/messages$", 500, after_effect=True)
+        await fake.slash("omost", {"prompt": "a lighthouse in a storm"})
+        await settle(app, fake, 1)
+        assert [c.status for c in fake.calls if c.status in (429, 500)] == [429, 500]
+        thread = thread_of(fake)
+        contents = [m["content"] for m in fake.sent(thread) if m["content"]]
+        assert len(contents) == len(set(contents))  # nothing posted twice
+        assert len(results(fake)) == 1
+        # a result whose upload hits a 500 is retried too, and posted once
+        fake.fail("POST", r"^/channels/\d+/messages$", 500, times=1)
+        await fake.say("make it night", channel_id=thread)
+        await settle(app, fake, 2)
+        assert len(results(fake)) == 2
+        assert (await app.store.get_turn(2)).status == TurnStatus.DONE
+
+
+async def test_everyone_in_content_never_pings(tmp_path: Path, fake: FakeDiscord) -> None:
+    async with running_bot(tmp_path, fake) as app:
+        await fake.slash("omost", {"prompt": "@everyone look at this <@1002> lighthouse"})
+        await settle(app, fake, 1)
+        await fake.slash("help")
+        await fake.wait_for(lambda: any("Describe a picture" in m["content"] for m in fake.messages.values()))
+        settings = mention_settings(fake)
+        assert len(settings) >= 5
+        assert all(s is not None and s["parse"] == [] for s in settings), settings
+        assert any("@everyone" in m["content"] for m in fake.sent())  # shown, but pings nobody
+
+
+async def test_quick_commands_answer_in_the_interaction(tmp_path: Path, fake: FakeDiscord) -> None:
+    async with running_bot(tmp_path, fake) as app:
+        await fake.slash("settings", {"steps": 5, "size": "128x128"})
+        saved = await fake.wait_for(lambda: [m for m in fake.messages.values() if "Saved." in m["content"]])
+        assert "interaction_metadata" in saved[0]  # the command's own response, not an extra message
+        assert (await app.store.get_settings("user", "discord", "1001"))["steps"] == 5
+        await fake.slash("new")
+        await fake.wait_for(lambda: [m for m in fake.messages.values() if "new conversation" in m["content"]])
+
+
+async def test_no_thread_permission_answers_in_the_channel(
+    tmp_path: Path, fake: FakeDiscord, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_bot(tmp_path, fake) as app:
+        await fake.slash("omost", {"prompt": "a lighthouse in a storm"}, channel_id=OTHER_CHANNEL_ID)
+        [result] = await settle(app, fake, 1)
+        assert result["channel_id"] == str(OTHER_CHANNEL_ID) and fake.threads() == []
+        assert any("Create Public Threads" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_mention_works_like_omost_and_survives_a_gateway_reconnect(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    async with running_bot(tmp_path, fake) as app:
+        await fake.say("<@900000000000000001> a lighthouse in a storm", mention_bot=True)
+        await settle(app, fake, 1)
+        thread = thread_of(fake)
+        assert (await app.store.get_turn(1)).user_text == "a lighthouse in a storm"
+        # Discord moves the session; a message sent meanwhile is replayed on resume, once
+        await fake.reconnect()
+        await fake.say("make it night", channel_id=thread)
+        await settle(app, fake, 2)
+        await fake.wait_for(lambda: fake.resumes >= 1)
+        await asyncio.sleep(0.3)
+        assert len(results(fake)) == 2 and fake.identifies == 1
+
+
+def test_an_image_over_the_file_limit_goes_as_jpeg() -> None:
+    noise = Image.effect_noise((256, 256), 100).convert("RGB")
+    buffer = io.BytesIO()
+    noise.save(buffer, format="PNG")
+    png = OutFile("turn-1.png", buffer.getvalue(), "image/png")
+    assert fit_image(png) is png  # small enough: untouched
+    fitted = fit_image(png, limit=len(png.data) // 2)
+    assert fitted.filename == "turn-1.jpg" and len(fitted.data) <= len(png.data) // 2
+    assert Image.open(io.BytesIO(fitted.data)).format == "JPEG"
