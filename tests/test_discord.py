@@ -25,7 +25,7 @@ from adapters.discord_bot import DiscordAdapter, fit_image
 from bot.app import App
 from bot.config import Config, parse_config
 from bot.store import TurnStatus
-from omost_engine.canvas_code import parse
+from omost_engine.canvas_code import parse, to_answer
 from tests.fakes.discord_server import CHANNEL_ID, GUILD_ID, OTHER_CHANNEL_ID, FakeDiscord, serve
 from tests.fakes.fake_backends import FakeLLM, FakeRenderer
 from tests.seed import seed_answers
@@ -33,15 +33,17 @@ from tests.seed import seed_answers
 pytestmark = pytest.mark.timeout(60)
 
 
-def make_config(tmp_path: Path, extra: str = "") -> Config:
+def make_config(
+    tmp_path: Path, *, render: str = "width = 128\nheight = 128\nsteps = 3", llm: str = ""
+) -> Config:
     return parse_config(
         f"""
 [data]
 dir = "{tmp_path / "data"}"
+[llm]
+{llm}
 [render]
-width = 128
-height = 128
-steps = 3
+{render}
 [queue]
 swap_models = "never"
 [access]
@@ -49,7 +51,6 @@ rate_limit_per_minute = 100
 [discord]
 enabled = true
 guild_ids = [{GUILD_ID}]
-{extra}
 """,
         source="discord-test.toml",
     )
@@ -316,3 +317,41 @@ def test_an_image_over_the_file_limit_goes_as_jpeg() -> None:
     fitted = fit_image(png, limit=len(png.data) // 2)
     assert fitted.filename == "turn-1.jpg" and len(fitted.data) <= len(png.data) // 2
     assert Image.open(io.BytesIO(fitted.data)).format == "JPEG"
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from tests.tiny_llm import build_tiny_llm
+    from tests.tiny_sdxl import build_tiny_sdxl
+
+    root = tmp_path_factory.mktemp("models")
+    return build_tiny_llm(root / "llm"), build_tiny_sdxl(root / "sdxl")
+
+
+@pytest.mark.timeout(300)
+async def test_tiny_real_models_through_discord(
+    tmp_path: Path, fake: FakeDiscord, tiny_models: tuple[Path, Path]
+) -> None:
+    llm_dir, sdxl_dir = tiny_models
+    config = make_config(
+        tmp_path,
+        llm=f'model = "{llm_dir}"\nmax_new_tokens = 24\ntemperature = 0.0',
+        render=f'model = "{sdxl_dir}"\nwidth = 64\nheight = 64\nsteps = 2',
+    )
+    async with App(config, adapters=[make_adapter(config)]) as app:
+        # canvas code sent in a DM: the real regional SDXL pipeline draws it
+        dm = int(fake.dm_channel(1001)["id"])
+        await fake.say(to_answer(parse(seed_answers()[0])), channel_id=dm)
+        [result] = await settle(app, fake, 1, dm)
+        image = Image.open(io.BytesIO(fake.file(result, ".png") or b""))
+        assert image.size == (64, 64)
+        # a prompt: the random-weight model streams for real and cannot write a canvas; the user
+        # sees why, with a Retry button, and nothing is drawn
+        await fake.slash("omost", {"prompt": "a lighthouse in a storm"})
+        status = await fake.wait_for(
+            lambda: [m for m in fake.sent() if "did not parse" in m["content"]], timeout=240
+        )
+        await asyncio.wait_for(app.conversations.drain(), 240)
+        assert status[-1]["channel_id"] == str(thread_of(fake))
+        assert buttons(status[-1]) == ["omost:retry:2"]
+        assert (await app.store.get_turn(2)).status == TurnStatus.FAILED
