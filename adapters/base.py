@@ -66,6 +66,7 @@ class Incoming:
     options: Mapping[str, str] = field(default_factory=dict)
     private: bool = True  # a one-to-one chat (DM, private chat, the terminal)
     roles: tuple[str, ...] = ()  # platform roles or groups the user has, for access lists
+    guild: str = ""  # the server the chat belongs to (a Discord guild id), for access lists
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class ButtonPress:
     thread: str = ""
     user_name: str = ""
     roles: tuple[str, ...] = ()
+    guild: str = ""
 
 
 @dataclass(frozen=True)

@@ -400,6 +400,7 @@ class DiscordAdapter:
                 options=options,
                 private=interaction.guild_id is None,
                 roles=_roles(interaction.user),
+                guild=_guild(interaction.guild_id),
             )
         )
 
@@ -421,6 +422,7 @@ class DiscordAdapter:
             command=command,
             private=interaction.guild_id is None,
             roles=_roles(interaction.user),
+            guild=_guild(interaction.guild_id),
         )
         task = self._spawn(self._deliver(message))
         try:
@@ -458,6 +460,7 @@ class DiscordAdapter:
             turn_id=turn_id,
             message_id=str(interaction.message.id) if interaction.message else "",
             roles=_roles(interaction.user),
+            guild=_guild(interaction.guild_id),
         )
         try:
             await self._handler.on_button(self, press)
@@ -509,6 +512,7 @@ class DiscordAdapter:
                 attachments=attachments,
                 private=private,
                 roles=_roles(message.author),
+                guild=_guild(message.guild.id if message.guild is not None else None),
             )
         )
 
@@ -800,6 +804,11 @@ def _view(buttons: Sequence[Button]) -> discord.ui.View | None:
     for button in buttons:
         view.add_item(ActionButton(button.action, button.turn_id))
     return view
+
+
+def _guild(guild_id: int | None) -> str:
+    """The guild id as the port carries it ("" in DMs), so [access] lists can name a whole server."""
+    return str(guild_id) if guild_id is not None else ""
 
 
 def _roles(user: discord.abc.User | discord.Member) -> tuple[str, ...]:

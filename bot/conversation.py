@@ -246,7 +246,13 @@ class Conversations:
 
     async def on_message(self, adapter: Adapter, message: Incoming) -> None:
         self.attach(adapter)
-        access = self.policy.check_access(message.platform, message.user, message.chat)
+        access = self.policy.check_access(
+            message.platform,
+            message.user,
+            message.chat,
+            places=(message.thread, message.guild),
+            roles=message.roles,
+        )
         if not access.allowed:
             await self._reply(adapter, message, access.message)
             return
@@ -281,7 +287,12 @@ class Conversations:
             await adapter.send(press.chat, press.thread, Post(text="That picture is no longer available."))
             return
         decision = self.policy.decide(
-            press.platform, press.user, press.chat, queued=self.turns_in_flight(owner)
+            press.platform,
+            press.user,
+            press.chat,
+            queued=self.turns_in_flight(owner),
+            places=(press.thread, press.guild),
+            roles=press.roles,
         )
         if not decision.allowed:
             await adapter.send(press.chat, press.thread, Post(text=decision.message))
@@ -348,7 +359,13 @@ class Conversations:
         owner = f"{message.platform}:{message.user}"
         text = message.text.strip()
         decision = self.policy.decide(
-            message.platform, message.user, message.chat, text, queued=self.turns_in_flight(owner)
+            message.platform,
+            message.user,
+            message.chat,
+            text,
+            queued=self.turns_in_flight(owner),
+            places=(message.thread, message.guild),
+            roles=message.roles,
         )
         if not decision.allowed:
             await self._reply(adapter, message, decision.message)

@@ -233,12 +233,20 @@ class Policy:
         return (platform, str(user)) in self._admins
 
     def decide(
-        self, platform: str, user: str | int, chat: str | int, text: str = "", *, queued: int = 0
+        self,
+        platform: str,
+        user: str | int,
+        chat: str | int,
+        text: str = "",
+        *,
+        queued: int = 0,
+        places: Iterable[str | int] = (),
+        roles: Iterable[str | int] = (),
     ) -> Decision:
         """The whole check for an incoming request; `queued` is the user's jobs already waiting
         or running. An allowed request is counted against the user's rate limit."""
         for check in (
-            lambda: self.check_access(platform, user, chat),
+            lambda: self.check_access(platform, user, chat, places=places, roles=roles),
             lambda: self.check_text(text),
             lambda: self.check_queue(platform, user, queued),
             lambda: self.check_rate(platform, user, record=True),
@@ -248,17 +256,29 @@ class Policy:
                 return decision
         return ALLOW
 
-    def check_access(self, platform: str, user: str | int, chat: str | int) -> Decision:
-        user_key, chat_key = (platform, str(user)), (platform, str(chat))
-        if user_key in self._admins:
+    def check_access(
+        self,
+        platform: str,
+        user: str | int,
+        chat: str | int,
+        *,
+        places: Iterable[str | int] = (),
+        roles: Iterable[str | int] = (),
+    ) -> Decision:
+        """Who and where. `roles` (e.g. Discord role ids) count as the user's for the user lists
+        and admins; `places` (a thread, a Discord guild) count as the chat's for the chat lists:
+        denied if any is denied, allowed if any is allowed."""
+        who = [(platform, str(user))] + [(platform, str(r)) for r in roles if str(r)]
+        where = [(platform, str(chat))] + [(platform, str(p)) for p in places if str(p)]
+        if any(key in self._admins for key in who):
             return ALLOW
-        if user_key in self._denied_users:
+        if any(key in self._denied_users for key in who):
             return _deny(DenyReason.USER_DENIED)
-        if chat_key in self._denied_chats:
+        if any(key in self._denied_chats for key in where):
             return _deny(DenyReason.CHAT_DENIED)
-        if self._allowed_users and user_key not in self._allowed_users:
+        if self._allowed_users and not any(key in self._allowed_users for key in who):
             return _deny(DenyReason.USER_NOT_ALLOWED)
-        if self._allowed_chats and chat_key not in self._allowed_chats:
+        if self._allowed_chats and not any(key in self._allowed_chats for key in where):
             return _deny(DenyReason.CHAT_NOT_ALLOWED)
         return ALLOW
 

@@ -381,3 +381,18 @@ async def test_a_result_stored_but_never_announced_is_announced_at_start(tmp_pat
     app3, _ = await open_bot(tmp_path, adapter=adapter)
     await app3.__aexit__(None, None, None)
     assert len(adapter.posts("image")) == 1  # announced once
+
+
+async def test_access_lists_take_roles_and_guilds(tmp_path: Path) -> None:
+    extra = 'allowed_users = ["fake:artists"]\nallowed_chats = ["fake:guild-1"]'
+    app, bot = await open_bot(tmp_path, extra=extra)
+    try:
+        await bot.adapter.say("a cat", guild="guild-1")
+        assert bot.adapter.texts()[-1] == "Sorry, this bot is only open to people its operator added."
+        await bot.adapter.say("a cat", guild="guild-2", roles=("artists",))
+        assert bot.adapter.texts()[-1] == "Sorry, this bot isn't enabled in this chat."
+        await bot.adapter.say(FIRST, guild="guild-1", roles=("artists",))
+        await bot.settle()
+        assert (await bot.turn(1)).status == TurnStatus.DONE
+    finally:
+        await app.__aexit__(None, None, None)

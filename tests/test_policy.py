@@ -260,3 +260,31 @@ def test_canvas_prompts_cover_every_text_field(seed_canvas: Canvas) -> None:
         2 + len(g.detailed_descriptions) + sum(5 + len(r.detailed_descriptions) for r in seed_canvas.regions)
     )
     assert len(prompts) == expected
+
+
+def test_roles_count_as_the_user_and_places_as_the_chat() -> None:
+    from bot.config import AccessConfig
+    from bot.policy import DenyReason, Policy
+
+    policy = Policy(
+        AccessConfig(
+            allowed_users=["discord:role-artists"],
+            allowed_chats=["discord:guild-1"],
+            denied_chats=["discord:thread-9"],
+            admins=["discord:role-mods"],
+        )
+    )
+    ok = policy.check_access("discord", "u1", "chan", places=("", "guild-1"), roles=("role-artists",))
+    assert ok.allowed
+    no_role = policy.check_access("discord", "u1", "chan", places=("", "guild-1"))
+    assert no_role.reason == DenyReason.USER_NOT_ALLOWED
+    other_guild = policy.check_access(
+        "discord", "u1", "chan", places=("", "guild-2"), roles=("role-artists",)
+    )
+    assert other_guild.reason == DenyReason.CHAT_NOT_ALLOWED
+    denied_thread = policy.check_access(
+        "discord", "u1", "chan", places=("thread-9", "guild-1"), roles=("role-artists",)
+    )
+    assert denied_thread.reason == DenyReason.CHAT_DENIED
+    admin = policy.check_access("discord", "u2", "elsewhere", roles=("role-mods",))
+    assert admin.allowed
