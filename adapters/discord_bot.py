@@ -213,7 +213,7 @@ class DiscordAdapter:
         self.guild_ids = list(guild_ids)
         self.create_threads = create_threads
         self.guild_ready_timeout = guild_ready_timeout
-        self.edit_interval = edit_interval
+        self.min_edit_interval = edit_interval  # the bot paces to it too (the port's attribute)
         self.ready_timeout = ready_timeout
         self.client: _OmostClient | None = None
         self._handler: Handler | None = None
@@ -701,7 +701,7 @@ class DiscordAdapter:
     # --- the port: editing -----------------------------------------------------------------------
 
     async def edit(self, ref: MessageRef, post: Post) -> MessageRef:
-        """Edits of one message are coalesced: at most one per `edit_interval`, the newest wins;
+        """Edits of one message are coalesced: at most one per `min_edit_interval`, the newest wins;
         every caller gets the ref of the message that shows (at least) its state."""
         slot = self._edits.get(ref.message_id)
         if slot is None:
@@ -714,7 +714,7 @@ class DiscordAdapter:
         async with slot.lock:
             if slot.applied >= mine and slot.result is not None:
                 return slot.result  # a later state already landed
-            wait = slot.last + self.edit_interval - time.monotonic()
+            wait = slot.last + self.min_edit_interval - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             latest, version = slot.latest, slot.version

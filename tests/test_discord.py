@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import logging
 import re
 import time
@@ -24,7 +25,7 @@ from adapters.base import OutFile
 from adapters.discord_bot import DiscordAdapter, fit_image
 from bot.app import App
 from bot.config import Config, parse_config
-from bot.store import TurnStatus
+from bot.store import LinkRole, TurnStatus
 from omost_engine.canvas_code import parse, to_answer
 from tests.fakes.discord_server import CHANNEL_ID, GUILD_ID, OTHER_CHANNEL_ID, FakeDiscord, serve
 from tests.fakes.fake_backends import FakeLLM, FakeRenderer
@@ -59,7 +60,7 @@ guild_ids = [{GUILD_ID}]
 def make_adapter(config: Config) -> DiscordAdapter:
     adapter = DiscordAdapter.from_config(config)
     adapter.guild_ready_timeout = 0.05
-    adapter.edit_interval = 0.05
+    adapter.min_edit_interval = 0.05
     return adapter
 
 
@@ -317,6 +318,42 @@ def test_an_image_over_the_file_limit_goes_as_jpeg() -> None:
     fitted = fit_image(png, limit=len(png.data) // 2)
     assert fitted.filename == "turn-1.jpg" and len(fitted.data) <= len(png.data) // 2
     assert Image.open(io.BytesIO(fitted.data)).format == "JPEG"
+
+
+async def status_id(app: App, turn_id: int) -> int:
+    [link] = await app.store.messages_for_turn(turn_id, LinkRole.STATUS)
+    return int(link.message_id)
+
+
+def patches(fake: FakeDiscord, message_id: int) -> list[Any]:
+    return [c for c in fake.calls if c.method == "PATCH" and c.path.endswith(f"/messages/{message_id}")]
+
+
+async def test_status_edits_are_paced_and_the_newest_state_lands(tmp_path: Path, fake: FakeDiscord) -> None:
+    interval = 0.25
+    config = make_config(tmp_path)
+    adapter = make_adapter(config)
+    adapter.min_edit_interval = interval
+    # about 1.5 s of streaming: hundreds of text deltas and a dozen regions for one status message
+    llm = FakeLLM(token_delay_s=0.0007)
+    async with App(config, adapters=[adapter], llm=llm, renderer=FakeRenderer(step_delay_s=0.03)) as app:
+        dm = int(fake.dm_channel(1001)["id"])
+        started = time.monotonic()
+        await fake.say("a lighthouse in a storm", channel_id=dm)
+        await settle(app, fake, 1, dm)
+        elapsed = time.monotonic() - started
+        status = await status_id(app, 1)
+        edits = patches(fake, status)
+        assert len(edits) >= 4  # the user watched it progress
+        assert len(edits) <= elapsed / interval + 2, (len(edits), elapsed)
+        gaps = [b.at - a.at for a, b in itertools.pairwise(edits)]
+        assert min(gaps) >= interval * 0.8, gaps
+        shown = [c.json["content"] for c in edits]
+        assert any("writing the canvas" in text and "\n" in text for text in shown)  # regions listed
+        assert any("step" in text for text in shown)
+        # the final state landed, on the status message itself
+        assert fake.messages[status]["content"] == "Turn 1: done."
+        assert shown[-1] == "Turn 1: done."
 
 
 @pytest.fixture(scope="module")
