@@ -84,6 +84,7 @@ ATTACHMENT_FETCH_LIMIT = 10 * 1024 * 1024
 ACK_WITHIN_S = 2.0  # quick commands answer in the interaction response when the bot is this fast
 EDIT_INTERVAL_S = 1.0
 THREAD_NAME_LIMIT = 100
+NO_FILES_NOTE = "(I may not attach files here: a server admin can grant me Attach Files.)"
 CUSTOM_ID = re.compile(r"omost:(?P<action>[a-z]+):(?P<turn>\d+)")
 NO_MENTIONS = discord.AllowedMentions.none()
 ASPECTS = {
@@ -595,6 +596,24 @@ class DiscordAdapter:
         self._thread_parent[created.id] = channel.id
         return str(created.id)
 
+    def _cached_permissions(self, channel_id: int) -> discord.Permissions | None:
+        """The bot's permissions in a guild channel or thread discord.py has cached; else None."""
+        channel = self.client.get_channel(channel_id) if self.client is not None else None
+        if isinstance(channel, discord.TextChannel | discord.Thread) and channel.guild.me is not None:
+            return channel.permissions_for(channel.guild.me)
+        return None
+
+    def _note_admin(self, channel_id: str, permission: str, what: str) -> None:
+        """The server admin's note in the log, once per channel and permission."""
+        if self._first_time(f"refused-{channel_id}-{permission}"):
+            log.warning(
+                "Discord: channel %s refuses the bot's %s; sending without them. "
+                "A server admin can grant the bot %s there.",
+                channel_id,
+                what,
+                permission,
+            )
+
     def _remember(self, message_id: str, channel_id: str) -> None:
         self._channel_of[message_id] = channel_id
         while len(self._channel_of) > 10000:
@@ -619,28 +638,32 @@ class DiscordAdapter:
         client = self._require_client()
         target = thread or chat
         channel = client.get_partial_messageable(int(target))
-        kwargs = self._message_kwargs(post, target)
-        files = kwargs.pop("files", [])
-        try:
-            message = await channel.send(files=files, nonce=_nonce(), **kwargs)
-        except discord.Forbidden as e:
-            if not files and not kwargs.get("embed"):
-                raise
-            # most likely Attach Files or Embed Links is missing: say it in plain text instead
-            log.warning(
-                "Discord: sending files to channel %s was refused (%s). A server admin can grant "
-                "Attach Files and Embed Links; sending the text alone.",
-                target,
-                e.text,
-            )
-            note = "\n(I may not attach files here: a server admin can grant Attach Files and Embed Links.)"
-            plain: dict[str, Any] = {"view": kwargs["view"]} if "view" in kwargs else {}
-            message = await channel.send(
-                content=_clip(post.text, CONTENT_LIMIT - len(note)) + note,
-                allowed_mentions=NO_MENTIONS,
-                nonce=_nonce(),
-                **plain,
-            )
+        # the richest form the channel allows: "full" (the image in an embed), "plain" (the image
+        # as a bare attachment), "text" (no files; a note says why). The cached permissions pick
+        # the form up front (repeated 403s count against Discord's invalid-request limit); a 403
+        # the cache did not foresee steps down one form at a time.
+        level = "full"
+        allowed = self._cached_permissions(int(target))
+        if allowed is not None and not allowed.attach_files and (post.image or post.files):
+            self._note_admin(target, "Attach Files", "files")
+            level = "text"
+        elif allowed is not None and not allowed.embed_links and post.image and post.role == "image":
+            self._note_admin(target, "Embed Links", "embeds")
+            level = "plain"
+        while True:
+            kwargs = self._message_kwargs(post, target, level)
+            try:
+                message = await channel.send(nonce=_nonce(), **kwargs)
+                break
+            except discord.Forbidden as e:
+                if level == "full" and "embed" in kwargs:
+                    self._note_admin(target, "Embed Links", f"embeds ({e.text})")
+                    level = "plain"
+                elif level != "text" and kwargs["files"]:
+                    self._note_admin(target, "Attach Files", f"files ({e.text})")
+                    level = "text"
+                else:
+                    raise  # not a refused embed or file: nothing left to leave out
         self._remember(str(message.id), target)
         return [MessageRef(PLATFORM, chat, str(message.id), thread)]
 
@@ -656,22 +679,26 @@ class DiscordAdapter:
         self._remember(message_id, str(interaction.channel_id))
         return MessageRef(PLATFORM, chat, message_id, thread)
 
-    def _message_kwargs(self, post: Post, target: str) -> dict[str, Any]:
+    def _message_kwargs(self, post: Post, target: str, level: str = "full") -> dict[str, Any]:
+        """send()'s arguments for `post` at a level: "full" (the image in an embed), "plain" (no
+        embed) or "text" (no files either: a note tells the user why)."""
         kwargs: dict[str, Any] = {"allowed_mentions": NO_MENTIONS}
         files: list[discord.File] = []
         notes: list[str] = []
         embed: discord.Embed | None = None
         content = post.text
-        if post.image is not None:
+        if level == "text" and (post.image is not None or post.files):
+            notes.append(NO_FILES_NOTE)
+        elif post.image is not None:
             image = fit_image(post.image)
             files.append(discord.File(io.BytesIO(image.data), filename=image.filename))
-            if post.role == "image":
+            if post.role == "image" and level == "full":
                 embed = discord.Embed(description=_clip(post.text, EMBED_LIMIT))
                 if post.turn_id is not None:
                     embed.title = f"Turn {post.turn_id}"
                 embed.set_image(url=f"attachment://{image.filename}")
                 content = ""
-        for extra in post.files:
+        for extra in post.files if level != "text" else ():
             if (
                 post.image is not None
                 and extra.data == post.image.data
@@ -683,7 +710,8 @@ class DiscordAdapter:
                 continue
             files.append(discord.File(io.BytesIO(extra.data), filename=extra.filename))
         if notes:
-            content = "\n".join([content, *notes]).strip()
+            tail = "\n" + "\n".join(notes)
+            content = (_clip(content, CONTENT_LIMIT - len(tail)) + tail).strip()
         kwargs["content"] = _clip(content, CONTENT_LIMIT) or None
         if embed is not None:
             kwargs["embed"] = embed

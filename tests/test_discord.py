@@ -27,7 +27,15 @@ from bot.app import App
 from bot.config import Config, parse_config
 from bot.store import LinkRole, TurnStatus
 from omost_engine.canvas_code import parse, to_answer
-from tests.fakes.discord_server import CHANNEL_ID, GUILD_ID, OTHER_CHANNEL_ID, FakeDiscord, serve
+from tests.fakes.discord_server import (
+    ATTACH_FILES,
+    CHANNEL_ID,
+    EMBED_LINKS,
+    GUILD_ID,
+    OTHER_CHANNEL_ID,
+    FakeDiscord,
+    serve,
+)
 from tests.fakes.fake_backends import FakeLLM, FakeRenderer
 from tests.seed import seed_answers
 
@@ -354,6 +362,74 @@ async def test_status_edits_are_paced_and_the_newest_state_lands(tmp_path: Path,
         # the final state landed, on the status message itself
         assert fake.messages[status]["content"] == "Turn 1: done."
         assert shown[-1] == "Turn 1: done."
+
+
+async def test_attach_files_refused_falls_back_to_text_and_nothing_is_lost(
+    tmp_path: Path, fake: FakeDiscord, caplog: pytest.LogCaptureFixture
+) -> None:
+    await fake.deny(CHANNEL_ID, ATTACH_FILES)
+    async with running_bot(tmp_path, fake) as app:
+        await fake.slash("omost", {"prompt": "a lighthouse in a storm"})
+        await fake.wait_for(lambda: any(m["content"].endswith("done.") for m in fake.sent()))
+        await asyncio.wait_for(app.conversations.drain(), 20)
+        thread = thread_of(fake)
+        in_thread = fake.sent(thread)
+        assert all(not m["attachments"] for m in in_thread)
+        [result] = [m for m in in_thread if m["components"] and "New picture" in m["content"]]
+        assert "Attach Files" in result["content"]  # the user is told why there is no picture
+        assert buttons(result) == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1"]
+        turn = await app.store.get_turn(1)
+        assert turn.status == TurnStatus.DONE and turn.image_path is not None
+        assert (tmp_path / "data" / turn.image_path).exists()  # the picture is kept, not lost
+        assert any("Attach Files" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+        # the cache knew: no upload was tried and refused
+        assert not [c for c in fake.calls if c.status == 403]
+        # the buttons still work on the text result
+        await fake.press("omost:seed:1", int(result["id"]))
+        await fake.wait_for(lambda: [m for m in fake.sent(thread) if "drawn again" in m["content"]])
+        await asyncio.wait_for(app.conversations.drain(), 20)
+        assert (await app.store.get_turn(2)).status == TurnStatus.DONE
+
+
+async def test_a_refusal_the_cache_did_not_foresee_steps_down(
+    tmp_path: Path, fake: FakeDiscord, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_bot(tmp_path, fake) as app:
+        await fake.slash("omost", {"prompt": "a lighthouse in a storm"})
+        await settle(app, fake, 1)
+        thread = thread_of(fake)
+        # the admin takes Embed Links away, but the bot misses the update (no CHANNEL_UPDATE)
+        fake._overwrite(CHANNEL_ID, EMBED_LINKS)
+        await fake.say("make it night", channel_id=thread)
+        found = await fake.wait_for(
+            lambda: [m for m in fake.sent(thread) if fake.file(m, "turn-2.png") is not None]
+        )
+        await asyncio.wait_for(app.conversations.drain(), 20)
+        [second] = found
+        assert second["embeds"] == [] and [a["filename"] for a in second["attachments"]] == [
+            "turn-2.png",
+            "turn-2-canvas.py",
+        ]
+        assert [c.status for c in fake.calls if c.status == 403] == [403]  # one refusal, then it adapted
+        assert any("Embed Links" in r.getMessage() for r in caplog.records)
+
+
+async def test_embed_links_refused_sends_the_picture_without_the_embed(
+    tmp_path: Path, fake: FakeDiscord, caplog: pytest.LogCaptureFixture
+) -> None:
+    await fake.deny(CHANNEL_ID, EMBED_LINKS)
+    async with running_bot(tmp_path, fake) as app:
+        await fake.slash("omost", {"prompt": "a lighthouse in a storm"})
+        found = await fake.wait_for(lambda: [m for m in fake.sent() if m["components"] and m["attachments"]])
+        await asyncio.wait_for(app.conversations.drain(), 20)
+        [result] = found
+        assert result["channel_id"] == str(thread_of(fake))
+        assert result["embeds"] == []
+        assert [a["filename"] for a in result["attachments"]] == ["turn-1.png", "turn-1-canvas.py"]
+        assert result["content"].startswith("New picture")  # the summary the embed would have held
+        assert buttons(result) == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1"]
+        assert any("Embed Links" in r.getMessage() for r in caplog.records)
+        assert not [c for c in fake.calls if c.status == 403]
 
 
 @pytest.fixture(scope="module")

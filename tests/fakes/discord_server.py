@@ -14,6 +14,11 @@ What it speaks:
   RESUMED, and RECONNECT on request. Events sent while the bot is away are kept and replayed on
   resume, so nothing is lost.
 
+Permissions: the bot's permissions per channel are channel overwrites (`deny`, announced with
+CHANNEL_UPDATE so discord.py's cache knows them too); threads inherit their parent's. Sending files
+without Attach Files or embeds without Embed Links answers 403 Missing Permissions (50013), and so
+does creating a thread without Create Public Threads.
+
 Every REST call is recorded (`calls`). Faults are queued with `fail(...)`: a 429 with retry_after
 (with the `Via` header Discord's edge adds, so discord.py treats it as a rate limit, not a ban), a 500
 before the work is done, or a 500 after it (the message exists but the bot never heard so).
@@ -45,7 +50,10 @@ APP_ID = 900000000000000002
 GUILD_ID = 900000000000000100
 CHANNEL_ID = 900000000000000101  # a guild text channel
 OTHER_CHANNEL_ID = 900000000000000102  # a text channel where the bot may not create threads
-EVERYONE_PERMISSIONS = (1 << 53) - 1  # everything but administrator flags that matter here
+ADMINISTRATOR = 1 << 3  # would override every channel overwrite
+EMBED_LINKS = 1 << 14
+ATTACH_FILES = 1 << 15
+EVERYONE_PERMISSIONS = ((1 << 53) - 1) & ~ADMINISTRATOR  # everything else
 NO_THREADS = EVERYONE_PERMISSIONS & ~((1 << 35) | (1 << 36))  # minus create public/private threads
 
 
@@ -125,8 +133,28 @@ class FakeDiscord:
             "rate_limit_per_user": 0,
             "topic": None,
             "last_message_id": None,
-            "_permissions": permissions,
+            "_permissions": EVERYONE_PERMISSIONS,
         }
+        if permissions != EVERYONE_PERMISSIONS:
+            self._overwrite(channel_id, EVERYONE_PERMISSIONS & ~permissions)
+
+    def _overwrite(self, channel_id: int, denied: int) -> None:
+        channel = self.channels[channel_id]
+        channel["_permissions"] &= ~denied
+        channel["permission_overwrites"] = [
+            {
+                "id": str(BOT_ID),
+                "type": 1,
+                "allow": "0",
+                "deny": str(EVERYONE_PERMISSIONS & ~channel["_permissions"]),
+            }
+        ]
+
+    async def deny(self, channel_id: int, permissions: int) -> None:
+        """A server admin takes `permissions` (bits) from the bot in a channel and its threads:
+        a member overwrite, announced with CHANNEL_UPDATE; REST then answers 403 where they matter."""
+        self._overwrite(channel_id, permissions)
+        await self._send_event("CHANNEL_UPDATE", self._public(self.channels[channel_id]))
 
     async def start(self) -> str:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -543,6 +571,11 @@ class FakeDiscord:
                 del self.messages[int(m.group(2))]
                 call.status = 204
                 return web.Response(status=204)
+            allowed = self._permissions(int(m.group(1)))
+            if (files and not allowed & ATTACH_FILES) or (
+                (body or {}).get("embeds") and not allowed & EMBED_LINKS
+            ):
+                return error(403, "Missing Permissions", 50013)
             for key in ("content", "embeds", "components"):
                 if key in (body or {}):
                     message[key] = body[key]
@@ -637,6 +670,11 @@ class FakeDiscord:
         if channel_id not in self.channels:
             call.status = 404
             return json_response({"message": "Unknown Channel", "code": 10003}, 404)
+        allowed = self._permissions(channel_id)
+        if (files and not allowed & ATTACH_FILES) or (body.get("embeds") and not allowed & EMBED_LINKS):
+            # what Discord answers a bot sending files or embeds it may not (code 50013)
+            call.status = 403
+            return json_response({"message": "Missing Permissions", "code": 50013}, 403)
         nonce = body.get("nonce")
         if nonce and body.get("enforce_nonce") and (channel_id, str(nonce)) in self._nonces:
             return json_response(self._wire(self.messages[self._nonces[(channel_id, str(nonce))]]))
