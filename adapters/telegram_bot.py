@@ -410,6 +410,14 @@ class TelegramAdapter:
             reply_to = str(replied.message_id)
             if replied.from_user is not None and replied.from_user.id == self._bot_id:
                 addressed = True
+        log.debug(
+            "Telegram: message %s from user %s in chat %s (%s)%s",
+            msg.message_id,
+            sender.id,
+            msg.chat.id,
+            msg.chat.type,
+            "" if addressed else ", not for the bot",
+        )
         if not addressed:
             return
 

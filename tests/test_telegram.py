@@ -34,7 +34,7 @@ ALICE, BOB = 1001, 1002
 GROUP, FORUM = -2001, -3001
 
 
-def make_config(tmp_path: Path, base_url: str) -> Config:
+def make_config(tmp_path: Path, base_url: str, access: str = "") -> Config:
     return parse_config(
         f"""
 [data]
@@ -50,6 +50,7 @@ job_timeout_s = 30
 swap_models = "never"
 [access]
 rate_limit_per_minute = 100
+{access}
 [telegram]
 enabled = true
 token_env = "{TOKEN_ENV}"
@@ -109,8 +110,9 @@ async def telegram_bot(
     renderer: FakeRenderer | None = None,
     private_edit_interval: float = 0.2,
     group_edit_interval: float = 0.5,
+    access: str = "",
 ) -> AsyncIterator[Bot]:
-    config = make_config(tmp_path, tg.base_url)
+    config = make_config(tmp_path, tg.base_url, access)
     adapters = platform_adapters(config)  # the composition root picks the Telegram adapter
     adapter = adapters[0]
     assert isinstance(adapter, TelegramAdapter)
@@ -285,6 +287,16 @@ async def test_a_code_block_is_drawn_directly(tmp_path: Path, tg: FakeTelegram) 
         assert bot.llm.calls == []
 
 
+async def test_refusals_are_short_and_specific(tmp_path: Path, tg: FakeTelegram) -> None:
+    access = f'allowed_chats = [{GROUP}]\nblocked_words = ["dinosaur"]'
+    async with telegram_bot(tmp_path, tg, access=access) as bot:
+        tg.user_message(ALICE, "a castle")
+        assert await bot.reply_in(ALICE, 1) == "Sorry, this bot isn't enabled in this chat."
+        tg.user_message(GROUP, "/omost a friendly dinosaur", chat_type="group", user=ALICE)
+        assert await bot.reply_in(GROUP, 1) == "That request uses a blocked word."
+        assert bot.llm.calls == [] and tg.bot_messages(GROUP)[0].reply_to is not None
+
+
 # --- groups and forum topics --------------------------------------------------------------------
 
 
@@ -307,8 +319,11 @@ async def test_group_answers_only_commands_mentions_and_replies(tmp_path: Path, 
         await bot.results_in(GROUP, 3)
         assert bot.llm.calls[2][0][-1].content == "a lighthouse"
         assert len(bot.llm.calls) == 3
-        # the group's status edits were paced and still ended as done
-        assert all(s.text.endswith("done.") for s in await bot.statuses_done(GROUP))
+        # the group's status edits were paced (slower than in private chats) and still ended as done
+        statuses = await bot.statuses_done(GROUP)
+        assert all(s.text.endswith("done.") for s in statuses)
+        gaps = [b - a for s in statuses for a, b in zip(s.edit_times, s.edit_times[1:], strict=False)]
+        assert gaps and min(gaps) >= bot.adapter.group_edit_interval - 0.05
 
 
 async def test_forum_topics_are_separate_conversations(tmp_path: Path, tg: FakeTelegram) -> None:
@@ -444,6 +459,52 @@ async def test_two_users_at_once_are_both_answered(tmp_path: Path, tg: FakeTeleg
         # the two turns ran side by side: both composed before either was drawn
         starts = sorted(span[0] for span in llm.spans)
         assert len(starts) == 2 and starts[1] < min(span[0] for span in bot.renderer.spans)
+
+
+async def test_the_tiny_real_models_through_telegram(tmp_path: Path, tg: FakeTelegram) -> None:
+    """The bot built from config with the tiny real LLM and SDXL (no fakes but the Bot API)."""
+    from tests.tiny_llm import build_tiny_llm
+    from tests.tiny_sdxl import build_tiny_sdxl
+
+    llm_dir, sdxl_dir = build_tiny_llm(tmp_path / "llm"), build_tiny_sdxl(tmp_path / "sdxl")
+    config = parse_config(
+        f"""
+[data]
+dir = "{tmp_path / "data"}"
+[llm]
+model = "{llm_dir}"
+max_new_tokens = 24
+temperature = 0.0
+[render]
+model = "{sdxl_dir}"
+width = 64
+height = 64
+steps = 2
+[queue]
+swap_models = "never"
+[telegram]
+enabled = true
+token_env = "{TOKEN_ENV}"
+base_url = "{tg.base_url}"
+""",
+        source="real.toml",
+    )
+    async with App(config, adapters=platform_adapters(config)) as app:
+        # canvas code sent as a file: the real regional SDXL pipeline draws it
+        code = to_code(parse(seed_answers()[0]))
+        tg.user_message(ALICE, "", document=("scene.py", code.encode(), "text/x-python"))
+        await tg.wait_for(lambda: any(m.keyboard for m in tg.bot_messages(ALICE) if m.kind == "photo"), 240)
+        await asyncio.wait_for(app.conversations.drain(), 240)
+        result = next(m for m in tg.bot_messages(ALICE) if m.kind == "photo" and m.keyboard)
+        restored = read_png_metadata(result.data)
+        assert restored is not None and restored.canvas == parse(seed_answers()[0])
+        assert Image.open(io.BytesIO(result.data)).size == (64, 64)
+        # a prompt: the random-weight model streams for real but cannot write a canvas; the user
+        # is told so on the status message, with a Retry button
+        tg.user_message(BOB, "a lighthouse in a storm")
+        await tg.wait_for(lambda: any("did not parse" in m.text for m in tg.bot_messages(BOB)), 240)
+        status = next(m for m in tg.bot_messages(BOB) if "did not parse" in m.text)
+        assert status.buttons == ["omost:retry:2"]
 
 
 def test_callback_data_fits_64_bytes_and_parses_back() -> None:

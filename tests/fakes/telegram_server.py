@@ -57,6 +57,7 @@ class ChatMessage:
     reply_to: int | None = None
     keyboard: list[list[Json]] = field(default_factory=list)
     edits: int = 0
+    edit_times: list[float] = field(default_factory=list)  # time.monotonic() of each edit
     deleted: bool = False
 
     @property
@@ -363,6 +364,7 @@ class FakeTelegram:
             )
         message.text, message.keyboard = text, keyboard
         message.edits += 1
+        message.edit_times.append(time.monotonic())
         return self._message_json(chat_id, message_id)
 
     def _m_deleteMessage(self, params: Json) -> bool:
