@@ -700,6 +700,7 @@ class TelegramAdapter:
             if slot.flush is None:
                 slot.flush = asyncio.create_task(self._flush_later(key, max(0.0, wait)))
             return slot.current
+        slot.last = time.monotonic()  # claimed now: an edit arriving meanwhile waits its turn
         async with slot.lock:
             slot.current = await self._edit_now(slot.current, post, self._markup(post.buttons))
             slot.last = time.monotonic()

@@ -420,6 +420,21 @@ async def test_a_status_message_that_cannot_be_edited_is_sent_again(tmp_path: Pa
         assert (await bot.app.store.get_turn(2)).parent_id == 1
 
 
+async def test_a_message_that_cannot_be_handled_is_reported_once(tmp_path: Path, tg: FakeTelegram) -> None:
+    code = to_code(parse(seed_answers()[0]))
+    async with telegram_bot(tmp_path, tg) as bot:
+        bot.adapter.retries = 2
+        tg.fail("getFile", "500", times=3)  # the download keeps failing: the retries run out
+        tg.user_message(ALICE, "", document=("scene.py", code.encode(), "text/x-python"))
+        sorry = await bot.reply_in(ALICE, 1)
+        assert sorry == "Sorry, I could not handle that message. Please try again."
+        assert tg.faults_fired == [("getFile", "500")] * 3
+        # the chat goes on: the same file again is drawn
+        tg.user_message(ALICE, "", document=("scene.py", code.encode(), "text/x-python"))
+        await bot.results_in(ALICE, 1)
+        assert bot.texts(ALICE).count(sorry) == 1
+
+
 async def test_long_captions_and_texts_are_cut_or_sent_as_files(tmp_path: Path, tg: FakeTelegram) -> None:
     canvas = parse(seed_answers()[0])
     long_description = "A vast battlefield under a burning sky, " * 40  # ~1600 characters
