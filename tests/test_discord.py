@@ -333,6 +333,11 @@ async def status_id(app: App, turn_id: int) -> int:
     return int(link.message_id)
 
 
+async def status_id_latest(app: App, turn_id: int) -> int:
+    links = await app.store.messages_for_turn(turn_id, LinkRole.STATUS)
+    return int(links[-1].message_id)
+
+
 def patches(fake: FakeDiscord, message_id: int) -> list[Any]:
     return [c for c in fake.calls if c.method == "PATCH" and c.path.endswith(f"/messages/{message_id}")]
 
@@ -344,7 +349,7 @@ async def test_status_edits_are_paced_and_the_newest_state_lands(tmp_path: Path,
     adapter.min_edit_interval = interval
     # about 1.5 s of streaming: hundreds of text deltas and a dozen regions for one status message
     llm = FakeLLM(token_delay_s=0.0007)
-    async with App(config, adapters=[adapter], llm=llm, renderer=FakeRenderer(step_delay_s=0.03)) as app:
+    async with App(config, adapters=[adapter], llm=llm, renderer=FakeRenderer(step_delay_s=0.2)) as app:
         dm = int(fake.dm_channel(1001)["id"])
         started = time.monotonic()
         await fake.say("a lighthouse in a storm", channel_id=dm)
@@ -430,6 +435,35 @@ async def test_embed_links_refused_sends_the_picture_without_the_embed(
         assert buttons(result) == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1"]
         assert any("Embed Links" in r.getMessage() for r in caplog.records)
         assert not [c for c in fake.calls if c.status == 403]
+
+
+@pytest.mark.parametrize("how", ["deleted", "forbidden"])
+async def test_a_status_message_that_cannot_be_edited_is_replaced_and_relinked(
+    tmp_path: Path, fake: FakeDiscord, how: str
+) -> None:
+    async with running_bot(tmp_path, fake, renderer=FakeRenderer(step_delay_s=0.2)) as app:
+        dm = int(fake.dm_channel(1001)["id"])
+        await fake.say("a lighthouse in a storm", channel_id=dm)
+        old = await fake.wait_for(lambda: [m for m in fake.sent(dm) if m["content"].startswith("Turn 1:")])
+        old_id = int(old[0]["id"])
+        if how == "deleted":
+            await fake.delete_message(old_id)  # a moderator removed it: edits get 404
+        else:
+            fake.fail("PATCH", rf"/messages/{old_id}$", 403)  # no longer editable
+        await settle(app, fake, 1, dm)
+        refused = [c.status for c in patches(fake, old_id) if c.status >= 400]
+        assert refused == ([404] if how == "deleted" else [403])
+        new_id = await status_id_latest(app, 1)
+        assert new_id != old_id
+        assert fake.messages[new_id]["content"] == "Turn 1: done."  # the final state shows
+        assert len([m for m in fake.sent(dm) if m["content"] == "Turn 1: done."]) == 1
+        await fake.say("add a moon", channel_id=dm)
+        await settle(app, fake, 2, dm)
+        # a reply to the new status message continues from its turn, not from the DM's latest
+        await fake.say("make it night", channel_id=dm, reply_to=new_id)
+        await settle(app, fake, 3, dm)
+        assert (await app.store.get_turn(2)).parent_id == 1
+        assert (await app.store.get_turn(3)).parent_id == 1
 
 
 @pytest.fixture(scope="module")

@@ -57,6 +57,9 @@ EVERYONE_PERMISSIONS = ((1 << 53) - 1) & ~ADMINISTRATOR  # everything else
 NO_THREADS = EVERYONE_PERMISSIONS & ~((1 << 35) | (1 << 36))  # minus create public/private threads
 
 
+_ERRORS = {403: ("Missing Access", 50001), 404: ("Unknown Message", 10008)}  # status -> (message, code)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat()
 
@@ -465,6 +468,14 @@ class FakeDiscord:
             message["guild_id"] = channel["guild_id"]
         return message
 
+    async def delete_message(self, message_id: int) -> None:
+        """Someone (a moderator) deletes a message: it is gone, and MESSAGE_DELETE says so."""
+        message = self.messages.pop(message_id)
+        event = {"id": str(message_id), "channel_id": message["channel_id"]}
+        if message.get("guild_id"):
+            event["guild_id"] = message["guild_id"]
+        await self._send_event("MESSAGE_DELETE", event)
+
     async def _attachment(self, request: web.Request) -> web.Response:
         wanted = request.match_info["id"]
         for message in self.messages.values():
@@ -508,7 +519,8 @@ class FakeDiscord:
                     )
                 if not fault.after_effect:
                     call.status = fault.status
-                    return json_response({"message": "Internal Server Error", "code": 0}, fault.status)
+                    message, code = _ERRORS.get(fault.status, ("Internal Server Error", 0))
+                    return json_response({"message": message, "code": code}, fault.status)
                 await self._route(request.method, path, body, files, call)
                 call.status = fault.status
                 return json_response({"message": "Internal Server Error", "code": 0}, fault.status)
