@@ -500,6 +500,22 @@ class DiscordAdapter:
             )
             thread = await self._open_thread(message.channel, message.id, text, permissions)
         attachments = await self._fetch_attachments(message.attachments)
+        too_large = [a.filename for a in message.attachments if a.size > ATTACHMENT_FETCH_LIMIT]
+        if too_large:
+            await self.send(
+                chat,
+                thread,
+                Post(
+                    text=_clip(
+                        f"I skipped {', '.join(too_large)}: I read files up to "
+                        f"{ATTACHMENT_FETCH_LIMIT // 2**20} MiB.",
+                        CONTENT_LIMIT,
+                    ),
+                    reply_to=str(message.id),
+                ),
+            )
+            if not text and not attachments:
+                return  # nothing else in the message: the note is the whole answer
         await self._deliver(
             Incoming(
                 platform=PLATFORM,

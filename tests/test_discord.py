@@ -25,7 +25,7 @@ from adapters.base import OutFile
 from adapters.discord_bot import DiscordAdapter, fit_image
 from bot.app import App
 from bot.config import Config, parse_config
-from bot.store import LinkRole, TurnStatus
+from bot.store import LinkRole, TurnKind, TurnStatus
 from omost_engine.canvas_code import parse, to_answer
 from tests.fakes.discord_server import (
     ATTACH_FILES,
@@ -464,6 +464,61 @@ async def test_a_status_message_that_cannot_be_edited_is_replaced_and_relinked(
         await settle(app, fake, 3, dm)
         assert (await app.store.get_turn(2)).parent_id == 1
         assert (await app.store.get_turn(3)).parent_id == 1
+
+
+async def test_a_canvas_file_in_a_dm_is_drawn_without_the_model(tmp_path: Path, fake: FakeDiscord) -> None:
+    llm = FakeLLM()
+    async with running_bot(tmp_path, fake, llm=llm) as app:
+        dm = int(fake.dm_channel(1001)["id"])
+        code = to_answer(parse(seed_answers()[1]))
+        await fake.say("", channel_id=dm, files=[("my-canvas.py", code.encode())])
+        [result] = await settle(app, fake, 1, dm)
+        assert llm.calls == []  # drawn directly
+        turn = await app.store.get_turn(1)
+        assert turn.kind == TurnKind.USER_CANVAS and turn.status == TurnStatus.DONE
+        assert parse(turn.canvas_code or "") == parse(seed_answers()[1])
+        assert buttons(result) == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1"]
+
+
+async def test_a_picture_the_bot_made_uploaded_again_continues_from_it(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    llm = FakeLLM()
+    async with running_bot(tmp_path, fake, llm=llm) as app:
+        await fake.slash("omost", {"prompt": "a lighthouse in a storm", "seed": 42})
+        [first] = await settle(app, fake, 1)
+        png = fake.file(first, ".png")
+        assert png is not None
+        # later, in a DM, the user uploads that picture with a change
+        dm = int(fake.dm_channel(1001)["id"])
+        await fake.say("make it night", channel_id=dm, files=[("turn-1.png", png)])
+        await settle(app, fake, 1, dm)
+        restored = await app.store.get_turn(2)
+        assert restored.kind == TurnKind.USER_CANVAS and restored.seed == 42
+        assert parse(restored.canvas_code or "") == parse(seed_answers()[0])
+        changed = await app.store.get_turn(3)
+        assert changed.parent_id == 2 and changed.user_text == "make it night"
+        # the model saw the uploaded picture's canvas as the conversation so far
+        history = [m.content for m in llm.calls[-1][0]]
+        assert "make it night" in history[-1]
+        assert any("Canvas()" in text for text in history[:-1])
+
+
+async def test_an_oversize_attachment_is_ignored_with_a_clear_answer(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    llm = FakeLLM()
+    async with running_bot(tmp_path, fake, llm=llm) as app:
+        dm = int(fake.dm_channel(1001)["id"])
+        big = b"#" * (11 * 1024 * 1024)
+        message = await fake.say("", channel_id=dm, files=[("huge.py", big)])
+        [answer] = await fake.wait_for(lambda: fake.sent(dm))
+        await asyncio.sleep(0.3)
+        await asyncio.wait_for(app.conversations.drain(), 20)
+        assert fake.sent(dm) == [answer]  # one answer, nothing else
+        assert "huge.py" in answer["content"] and "10 MiB" in answer["content"]
+        assert answer["message_reference"]["message_id"] == message["id"]
+        assert await app.store.find_turn(1) is None and llm.calls == []
 
 
 @pytest.fixture(scope="module")

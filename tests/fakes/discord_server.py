@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import mimetypes
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -425,14 +426,15 @@ class FakeDiscord:
         user_id: int = 1001,
         reply_to: int | None = None,
         mention_bot: bool = False,
-        attachments: list[dict[str, Any]] | None = None,
+        files: list[tuple[str, bytes]] | None = None,
     ) -> dict[str, Any]:
-        """A user posts a message (MESSAGE_CREATE); returns it."""
+        """A user posts a message (MESSAGE_CREATE), with `files` (name, bytes) uploaded as its
+        attachments (served from the fake CDN); returns it."""
         channel = self.channels[channel_id]
         user = self.user(user_id)
         message = self._message(channel_id, user, content)
         message["mentions"] = [self.bot_user] if mention_bot else []
-        message["attachments"] = attachments or []
+        message["attachments"] = self._attachments(files or [])
         if reply_to is not None:
             message["type"] = 19
             message["message_reference"] = {"message_id": str(reply_to), "channel_id": str(channel_id)}
@@ -441,7 +443,7 @@ class FakeDiscord:
         if channel["type"] != 1:
             message["member"] = {k: v for k, v in self._member(user, []).items() if k != "user"}
         self.messages[int(message["id"])] = message
-        await self._send_event("MESSAGE_CREATE", message)
+        await self._send_event("MESSAGE_CREATE", self._wire(message))
         return message
 
     def _message(self, channel_id: int, author: dict[str, Any], content: str) -> dict[str, Any]:
@@ -669,6 +671,7 @@ class FakeDiscord:
                     "id": str(attachment_id),
                     "filename": name,
                     "size": len(data),
+                    "content_type": mimetypes.guess_type(name)[0] or "application/octet-stream",
                     "url": url,
                     "proxy_url": url,
                     "_data": data,
@@ -698,7 +701,10 @@ class FakeDiscord:
         reference = body.get("message_reference")
         if reference:
             message["type"] = 19
-            message["message_reference"] = reference
+            # Discord answers snowflakes as strings, whatever the request carried
+            message["message_reference"] = {
+                k: str(v) if k.endswith("_id") and v is not None else v for k, v in reference.items()
+            }
         self.messages[int(message["id"])] = message
         if nonce:
             self._nonces[(channel_id, str(nonce))] = int(message["id"])
