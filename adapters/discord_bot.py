@@ -84,6 +84,7 @@ ATTACHMENT_FETCH_LIMIT = 10 * 1024 * 1024
 ACK_WITHIN_S = 2.0  # quick commands answer in the interaction response when the bot is this fast
 EDIT_INTERVAL_S = 1.0
 THREAD_NAME_LIMIT = 100
+ERROR_TEXT = "Sorry, something went wrong with that. The bot's admin can find it in the log."
 NO_FILES_NOTE = "(I may not attach files here: a server admin can grant me Attach Files.)"
 CUSTOM_ID = re.compile(r"omost:(?P<action>[a-z]+):(?P<turn>\d+)")
 NO_MENTIONS = discord.AllowedMentions.none()
@@ -402,7 +403,8 @@ class DiscordAdapter:
                 private=interaction.guild_id is None,
                 roles=_roles(interaction.user),
                 guild=_guild(interaction.guild_id),
-            )
+            ),
+            interaction=interaction,
         )
 
     async def _quick(self, interaction: discord.Interaction[Any], command: str, text: str) -> None:
@@ -425,7 +427,7 @@ class DiscordAdapter:
             roles=_roles(interaction.user),
             guild=_guild(interaction.guild_id),
         )
-        task = self._spawn(self._deliver(message))
+        task = self._spawn(self._deliver(message, interaction=interaction))
         try:
             await asyncio.wait({task}, timeout=ACK_WITHIN_S)
             async with ack.lock:
@@ -434,13 +436,21 @@ class DiscordAdapter:
         finally:
             self._acks.pop(key, None)
 
-    async def _deliver(self, message: Incoming) -> None:
+    async def _deliver(
+        self,
+        message: Incoming,
+        *,
+        interaction: discord.Interaction[Any] | None = None,
+        author: discord.User | discord.Member | None = None,
+    ) -> None:
+        """Hand a message to the bot; its failure goes to `_on_error`, which tells the user
+        privately (over the interaction, or in a DM to the author)."""
         if self._handler is None:
             return
         try:
             await self._handler.on_message(self, message)
         except Exception as e:
-            await self._on_error(e, f"message {message.message_id}")
+            await self._on_error(e, f"message {message.message_id}", interaction, author)
 
     # --- buttons ---------------------------------------------------------------------------------
 
@@ -466,7 +476,7 @@ class DiscordAdapter:
         try:
             await self._handler.on_button(self, press)
         except Exception as e:
-            await self._on_error(e, f"button {action}:{turn_id}")
+            await self._on_error(e, f"button {action}:{turn_id}", interaction)
 
     # --- messages --------------------------------------------------------------------------------
 
@@ -530,7 +540,8 @@ class DiscordAdapter:
                 private=private,
                 roles=_roles(message.author),
                 guild=_guild(message.guild.id if message.guild is not None else None),
-            )
+            ),
+            author=message.author,
         )
 
     async def _fetch_attachments(self, attachments: Sequence[discord.Attachment]) -> tuple[Attachment, ...]:
@@ -813,10 +824,15 @@ class DiscordAdapter:
         )
 
     async def _on_error(
-        self, error: BaseException, where: str, interaction: discord.Interaction[Any] | None = None
+        self,
+        error: BaseException,
+        where: str,
+        interaction: discord.Interaction[Any] | None = None,
+        user: discord.User | discord.Member | None = None,
     ) -> None:
-        """The one error handler: log it (with a note for the admin when it is a permission), and
-        tell the user briefly when an interaction is still waiting for its answer."""
+        """The one error handler: log it once (with a note for the admin when it is a permission),
+        and tell the user briefly and privately: an ephemeral answer to their interaction, else a
+        DM. Telling them is best effort: it never raises."""
         if isinstance(error, discord.Forbidden):
             log.warning(
                 "Discord: missing permissions in %s (%s). A server admin can grant the bot: View Channel, "
@@ -827,13 +843,20 @@ class DiscordAdapter:
             )
         else:
             log.error("Discord: error in %s", where, exc_info=error)
-        if interaction is not None and not interaction.response.is_done():
-            with contextlib.suppress(discord.HTTPException):
-                await interaction.response.send_message(
-                    "Sorry, something went wrong with that command.",
-                    ephemeral=True,
-                    allowed_mentions=NO_MENTIONS,
-                )
+        with contextlib.suppress(discord.HTTPException):
+            if interaction is not None:
+                await self._tell_interaction(interaction, ERROR_TEXT)
+            elif user is not None:
+                await user.send(ERROR_TEXT, allowed_mentions=NO_MENTIONS)
+
+    @staticmethod
+    async def _tell_interaction(interaction: discord.Interaction[Any], text: str) -> None:
+        """An ephemeral message: the interaction's response while it has none, else a followup."""
+        if not interaction.response.is_done():
+            with contextlib.suppress(discord.InteractionResponded):  # answered meanwhile
+                await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+                return
+        await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
 
 
 def replace_reply(post: Post) -> Post:

@@ -521,6 +521,47 @@ async def test_an_oversize_attachment_is_ignored_with_a_clear_answer(
         assert await app.store.find_turn(1) is None and llm.calls == []
 
 
+async def test_a_failing_handler_tells_the_user_privately_and_logs_once(
+    tmp_path: Path, fake: FakeDiscord, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*_: Any) -> None:
+        raise RuntimeError("the store is on fire")
+
+    def private_notes() -> list[dict[str, Any]]:
+        return [m for m in fake.messages.values() if "went wrong" in m["content"]]
+
+    async with running_bot(tmp_path, fake) as app:
+        await fake.slash("omost", {"prompt": "a lighthouse in a storm"})
+        [result] = await settle(app, fake, 1)
+        caplog.clear()
+        monkeypatch.setattr(app.conversations, "on_message", broken)
+        monkeypatch.setattr(app.conversations, "on_button", broken)
+        # /omost: its response is already the request, so the note is an ephemeral followup
+        await fake.slash("omost", {"prompt": "a lighthouse at night"})
+        [note] = await fake.wait_for(private_notes)
+        assert note["flags"] & 64 and note["channel_id"] == str(CHANNEL_ID)
+        # /help: the note is the interaction's own ephemeral response
+        await fake.slash("help")
+        notes = await fake.wait_for(lambda: len(private_notes()) >= 2 and private_notes())
+        assert notes[1]["flags"] & 64 and "interaction_metadata" in notes[1]
+        # a button: acknowledged, then an ephemeral followup
+        await fake.press("omost:seed:1", int(result["id"]))
+        notes = await fake.wait_for(lambda: len(private_notes()) >= 3 and private_notes())
+        assert notes[2]["flags"] & 64 and notes[2]["channel_id"] == result["channel_id"]
+        # a mention in the channel: the note goes to the user's DM, not to the channel
+        await fake.say("<@900000000000000001> a lighthouse", mention_bot=True)
+        notes = await fake.wait_for(lambda: len(private_notes()) >= 4 and private_notes())
+        assert notes[3]["channel_id"] == fake.dm_channel(1001)["id"]
+        await asyncio.sleep(0.2)
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 4, [r.getMessage() for r in errors]  # once per failure, by the adapter
+    assert all(
+        r.name == "adapters.discord_bot" and "the store is on fire" in str(r.exc_info[1]) for r in errors
+    )
+    assert len(private_notes()) == 4 and all(len(n["content"]) < 100 for n in private_notes())
+    caplog.clear()  # these errors were the point of the test
+
+
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from tests.tiny_llm import build_tiny_llm

@@ -350,6 +350,9 @@ class FakeDiscord:
     ) -> dict[str, Any]:
         """A user presses the button `custom_id` on message `message_id`."""
         message = self._wire(self.messages[message_id])
+        on_it = [c.get("custom_id") for row in message["components"] for c in row.get("components", [])]
+        if custom_id not in on_it:  # a user can only press a button the message shows
+            raise ValueError(f"message {message_id} has no button {custom_id!r} (it has {on_it})")
         data = {"custom_id": custom_id, "component_type": 2}
         return await self._interaction(3, data, int(message["channel_id"]), dm, user_id, [], message=message)
 
@@ -568,7 +571,12 @@ class FakeDiscord:
         if m:
             if m.group(2) in self.expired_tokens:
                 return error(401, "Invalid Webhook Token", 50027)
+            interaction = self._interaction_of(token=m.group(2))
+            if method == "POST" and m.group(3) is None and interaction is not None:
+                return self._followup(interaction, body or {})  # an interaction followup
             return error(404, "Unknown Message", 10008)
+        if method == "POST" and path == "/users/@me/channels":
+            return json_response(self.dm_channel(int(body["recipient_id"])))
         m = re.fullmatch(r"/channels/(\d+)", path)
         if m and method == "GET":
             channel = self.channels.get(int(m.group(1)))
@@ -630,6 +638,28 @@ class FakeDiscord:
             return json_response(thread)
         return error(404, f"no fake for {method} {path}", 0)
 
+    def _interaction_of(self, *, token: str = "", interaction_id: str = "") -> dict[str, Any] | None:
+        for _, t, d in reversed(self._events):
+            if t == "INTERACTION_CREATE" and (d["token"] == token or d["id"] == interaction_id):
+                return dict(d)
+        return None
+
+    def _followup(self, interaction: dict[str, Any], data: dict[str, Any]) -> web.Response:
+        author = dict(self.bot_user)
+        message = self._message(int(interaction["channel_id"]), author, data.get("content", ""))
+        message["webhook_id"] = str(APP_ID)
+        message["flags"] = int(data.get("flags") or 0)  # 64: ephemeral, only the user sees it
+        message["embeds"] = data.get("embeds", [])
+        message["components"] = data.get("components", [])
+        message["allowed_mentions"] = data.get("allowed_mentions")
+        message["interaction_metadata"] = {
+            "id": interaction["id"],
+            "type": interaction["type"],
+            "user": interaction.get("user") or interaction["member"]["user"],
+        }
+        self.messages[int(message["id"])] = message
+        return json_response(self._wire(message))
+
     def _callback(self, interaction_id: str, body: dict[str, Any]) -> web.Response:
         kind = body.get("type")
         data = body.get("data") or {}
@@ -656,6 +686,7 @@ class FakeDiscord:
             message["embeds"] = data.get("embeds", [])
             message["components"] = data.get("components", [])
             message["allowed_mentions"] = data.get("allowed_mentions")
+            message["flags"] = int(data.get("flags") or 0)  # 64: ephemeral, only the user sees it
             self.messages[int(message["id"])] = message
             result["interaction"]["response_message_id"] = message["id"]
             result["resource"] = {"type": 4, "message": self._wire(message)}
