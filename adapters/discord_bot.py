@@ -225,6 +225,7 @@ class DiscordAdapter:
         self._channel_of: OrderedDict[str, str] = OrderedDict()  # message id -> channel id it lives in
         self._seen: OrderedDict[str, None] = OrderedDict()  # events handled (a replayed one is ignored)
         self._thread_parent: dict[int, int] = {}
+        self._our_threads: set[int] = set()  # threads the bot opened, for when one is not cached
         self._tasks: set[asyncio.Task[Any]] = set()
 
     @classmethod
@@ -497,7 +498,11 @@ class DiscordAdapter:
             reply_to = str(message.reference.message_id)
             resolved = message.reference.resolved
             replied_to_bot = isinstance(resolved, discord.Message) and resolved.author.id == me.id
-        in_our_thread = isinstance(message.channel, discord.Thread) and message.channel.owner_id == me.id
+        in_our_thread = (
+            message.channel.owner_id == me.id
+            if isinstance(message.channel, discord.Thread)
+            else message.channel.id in self._our_threads  # not cached: _place fetched it
+        )
         if not (private or mentioned or replied_to_bot or in_our_thread):
             return  # guild chatter not meant for the bot
         text = re.sub(rf"<@!?{me.id}>", "", message.content).strip()
@@ -583,6 +588,8 @@ class DiscordAdapter:
                 return str(cid), ""
             if isinstance(fetched, discord.Thread) and fetched.parent_id:
                 self._thread_parent[cid] = fetched.parent_id
+                if self.client.user is not None and fetched.owner_id == self.client.user.id:
+                    self._our_threads.add(cid)
                 return str(fetched.parent_id), str(cid)
         return str(cid), ""
 
@@ -621,6 +628,7 @@ class DiscordAdapter:
             )
             return ""
         self._thread_parent[created.id] = channel.id
+        self._our_threads.add(created.id)
         return str(created.id)
 
     def _cached_permissions(self, channel_id: int) -> discord.Permissions | None:

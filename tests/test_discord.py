@@ -562,6 +562,28 @@ async def test_a_failing_handler_tells_the_user_privately_and_logs_once(
     caplog.clear()  # these errors were the point of the test
 
 
+async def test_a_message_in_a_thread_the_bot_does_not_know_is_fetched_and_continues(
+    tmp_path: Path, fake: FakeDiscord
+) -> None:
+    async with running_bot(tmp_path, fake) as app:
+        await fake.slash("omost", {"prompt": "a lighthouse in a storm"})
+        await settle(app, fake, 1)
+    thread = thread_of(fake)
+    fake.archive(thread)  # a day later: archived, so a new bot process does not have it cached
+    async with running_bot(tmp_path, fake) as app:
+        await fake.say("make it night", channel_id=thread)  # no mention, no reply: just the thread
+        found = await settle(app, fake, 2)
+        assert [c for c in fake.calls if c.method == "GET" and c.path == f"/channels/{thread}"]
+        second = await app.store.get_turn(2)
+        assert second.parent_id == 1 and second.user_text == "make it night"
+        assert found[1]["channel_id"] == str(thread)
+        # the thread is now known: its next message needs no fetch
+        await fake.say("add a moon", channel_id=thread)
+        await settle(app, fake, 3)
+        assert (await app.store.get_turn(3)).parent_id == 2
+        assert len([c for c in fake.calls if c.method == "GET" and c.path == f"/channels/{thread}"]) == 1
+
+
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from tests.tiny_llm import build_tiny_llm

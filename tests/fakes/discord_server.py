@@ -264,7 +264,12 @@ class FakeDiscord:
 
     def _guild(self) -> dict[str, Any]:
         channels = [self._public(c) for c in self.channels.values() if c["type"] == 0]
-        threads = [self._public(c) for c in self.channels.values() if c["type"] == 11]
+        # like Discord: only active threads; an archived one is unknown to a freshly started bot
+        threads = [
+            self._public(c)
+            for c in self.channels.values()
+            if c["type"] == 11 and not c["thread_metadata"]["archived"]
+        ]
         return {
             "id": str(GUILD_ID),
             "name": "Test guild",
@@ -447,6 +452,9 @@ class FakeDiscord:
             message["member"] = {k: v for k, v in self._member(user, []).items() if k != "user"}
         self.messages[int(message["id"])] = message
         await self._send_event("MESSAGE_CREATE", self._wire(message))
+        if channel["type"] == 11 and channel["thread_metadata"]["archived"]:
+            channel["thread_metadata"]["archived"] = False  # a message revives an archived thread
+            await self._send_event("THREAD_UPDATE", self._public(channel))
         return message
 
     def _message(self, channel_id: int, author: dict[str, Any], content: str) -> dict[str, Any]:
@@ -472,6 +480,10 @@ class FakeDiscord:
         if channel.get("guild_id"):
             message["guild_id"] = channel["guild_id"]
         return message
+
+    def archive(self, thread_id: int) -> None:
+        """The thread goes quiet past its auto-archive duration (a bot started later won't know it)."""
+        self.channels[thread_id]["thread_metadata"]["archived"] = True
 
     async def delete_message(self, message_id: int) -> None:
         """Someone (a moderator) deletes a message: it is gone, and MESSAGE_DELETE says so."""
