@@ -21,7 +21,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -997,5 +997,3 @@ class Conversations:
         except CanvasError:
             return None
 
-
-Callback = Callable[[], Awaitable[None]]
