@@ -223,6 +223,7 @@ class Conversations:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._jobs: dict[int, JobHandle] = {}  # turn id -> its running engine job
         self._owners: dict[int, str] = {}  # turn id -> owner, for /cancel and the queue cap
+        self._answered: dict[int, asyncio.Event] = {}  # turn id -> set once its canvas is written
 
     # --- wiring ------------------------------------------------------------------------------
 
@@ -677,6 +678,9 @@ class Conversations:
         task.add_done_callback(functools.partial(self._forget, turn.id))
 
     def _forget(self, turn_id: int, _task: object = None) -> None:
+        composed = self._answered.pop(turn_id, None)
+        if composed is not None:
+            composed.set()  # a child waiting on a turn that ended without an answer goes on
         self._tasks.pop(turn_id, None)
         self._jobs.pop(turn_id, None)
         self._owners.pop(turn_id, None)
@@ -729,10 +733,12 @@ class Conversations:
         conversation = await self.store.get_conversation(turn.conversation_id)
         assert conversation is not None
         status = _StatusMessage(adapter, self.store, turn.id, conversation.chat, thread, existing, reply_to)
+        composed = self._answered.setdefault(turn.id, asyncio.Event())
         try:
             await status.show(Post(text=f"Turn {turn.id}: queued…"), now=True)
             if turn.canvas_code is None:
                 turn = await self._compose(turn, status)
+                composed.set()
                 if turn.canvas_code is None:
                     return
                 await self._post_preview(adapter, turn, status)
@@ -769,13 +775,10 @@ class Conversations:
         """A follow-up sent while the parent is still composing waits for its answer."""
         if turn.parent_id is None:
             return None
-        task = self._tasks.get(turn.parent_id)
-        parent = await self.store.get_turn(turn.parent_id)
-        while task is not None and parent.canvas_code is None and not parent.status.finished:
-            await asyncio.sleep(0.05)
-            parent = await self.store.get_turn(turn.parent_id)
-            task = self._tasks.get(turn.parent_id)
-        return parent
+        composed = self._answered.get(turn.parent_id)
+        if composed is not None:  # the parent is in flight: its answer (or its end) sets this
+            await composed.wait()
+        return await self.store.get_turn(turn.parent_id)
 
     async def _history(self, turn: Turn) -> list[ChatMessage]:
         messages: list[ChatMessage] = []
