@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from bot.app import App
-from bot.config import parse_config
 from bot.store import TurnStatus
 from omost_engine.canvas_code import parse, to_answer
 from omost_engine.render.metadata import read_png_metadata
+from tests.bot_config import bot_config, tiny_model_sections
 from tests.fakes.fake_adapter import FakeAdapter
 from tests.seed import seed_answers
 from tests.tiny_llm import build_tiny_llm
@@ -27,24 +27,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 async def test_real_tiny_models_through_the_bot(tmp_path: Path, models: tuple[Path, Path]) -> None:
     llm_dir, sdxl_dir = models
-    config = parse_config(
-        f"""
-[data]
-dir = "{tmp_path / "data"}"
-[llm]
-model = "{llm_dir}"
-max_new_tokens = 24
-temperature = 0.0
-[render]
-model = "{sdxl_dir}"
-width = 64
-height = 64
-steps = 2
-[queue]
-swap_models = "never"
-""",
-        source="real.toml",
-    )
+    config = bot_config(tmp_path, **tiny_model_sections(llm_dir, sdxl_dir))
     adapter = FakeAdapter()
     async with App(config, adapters=[adapter]) as app:
         # a canvas the user wrote: the real regional SDXL pipeline draws it

@@ -11,10 +11,11 @@ from typing import Any
 import pytest
 
 from bot.app import App
-from bot.config import Config, parse_config
+from bot.config import Config
 from bot.store import LinkRole, TurnKind, TurnStatus
 from omost_engine.canvas_code import parse, to_answer
 from omost_engine.render.metadata import read_png_metadata
+from tests.bot_config import bot_config
 from tests.fakes.fake_adapter import FakeAdapter
 from tests.fakes.fake_backends import FakeLLM, FakeRenderer
 from tests.seed import seed_answers, seed_messages
@@ -23,23 +24,7 @@ FIRST, SECOND = (m["content"] for m in seed_messages() if m["role"] == "user")
 
 
 def make_config(tmp_path: Path, extra: str = "", rate: int = 100) -> Config:
-    text = f"""
-[data]
-dir = "{tmp_path / "data"}"
-[render]
-width = 128
-height = 128
-steps = 3
-[queue]
-max_per_user = 3
-max_total = 20
-job_timeout_s = 30
-swap_models = "never"
-[access]
-rate_limit_per_minute = {rate}
-{extra}
-"""
-    return parse_config(text, source="test.toml")
+    return bot_config(tmp_path, access=extra, rate=rate)
 
 
 class Bot:

@@ -24,9 +24,10 @@ from PIL import Image
 from adapters.base import OutFile
 from adapters.discord_bot import DiscordAdapter, fit_image
 from bot.app import App
-from bot.config import Config, parse_config
+from bot.config import Config
 from bot.store import LinkRole, TurnKind, TurnStatus
 from omost_engine.canvas_code import parse, to_answer
+from tests.bot_config import bot_config, tiny_model_sections
 from tests.fakes.discord_server import (
     ATTACH_FILES,
     CHANNEL_ID,
@@ -42,27 +43,9 @@ from tests.seed import seed_answers
 pytestmark = pytest.mark.timeout(60)
 
 
-def make_config(
-    tmp_path: Path, *, render: str = "width = 128\nheight = 128\nsteps = 3", llm: str = ""
-) -> Config:
-    return parse_config(
-        f"""
-[data]
-dir = "{tmp_path / "data"}"
-[llm]
-{llm}
-[render]
-{render}
-[queue]
-swap_models = "never"
-[access]
-rate_limit_per_minute = 100
-[discord]
-enabled = true
-guild_ids = [{GUILD_ID}]
-""",
-        source="discord-test.toml",
-    )
+def make_config(tmp_path: Path, **sections: Any) -> Config:
+    platform = f"[discord]\nenabled = true\nguild_ids = [{GUILD_ID}]"
+    return bot_config(tmp_path, platform=platform, source="discord-test.toml", **sections)
 
 
 def make_adapter(config: Config) -> DiscordAdapter:
@@ -598,11 +581,7 @@ async def test_tiny_real_models_through_discord(
     tmp_path: Path, fake: FakeDiscord, tiny_models: tuple[Path, Path]
 ) -> None:
     llm_dir, sdxl_dir = tiny_models
-    config = make_config(
-        tmp_path,
-        llm=f'model = "{llm_dir}"\nmax_new_tokens = 24\ntemperature = 0.0',
-        render=f'model = "{sdxl_dir}"\nwidth = 64\nheight = 64\nsteps = 2',
-    )
+    config = make_config(tmp_path, **tiny_model_sections(llm_dir, sdxl_dir))
     async with App(config, adapters=[make_adapter(config)]) as app:
         # canvas code sent in a DM: the real regional SDXL pipeline draws it
         dm = int(fake.dm_channel(1001)["id"])

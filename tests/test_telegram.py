@@ -20,10 +20,11 @@ from PIL import Image
 from adapters.base import Button, Post
 from adapters.telegram_bot import TelegramAdapter, button_data, parse_button_data
 from bot.app import App, platform_adapters
-from bot.config import Config, parse_config
+from bot.config import Config
 from bot.store import TurnKind, TurnStatus
 from omost_engine.canvas_code import parse, to_code
 from omost_engine.render.metadata import read_png_metadata
+from tests.bot_config import bot_config, tiny_model_sections
 from tests.fakes.fake_backends import FakeLLM, FakeRenderer
 from tests.fakes.telegram_server import BOT_USERNAME, TOKEN, ChatMessage, FakeTelegram
 from tests.seed import seed_answers, seed_messages
@@ -35,29 +36,13 @@ GROUP, FORUM = -2001, -3001
 
 
 def make_config(tmp_path: Path, base_url: str, access: str = "") -> Config:
-    return parse_config(
-        f"""
-[data]
-dir = "{tmp_path / "data"}"
-[render]
-width = 128
-height = 128
-steps = 3
-[queue]
-max_per_user = 3
-max_total = 20
-job_timeout_s = 30
-swap_models = "never"
-[access]
-rate_limit_per_minute = 100
-{access}
-[telegram]
-enabled = true
-token_env = "{TOKEN_ENV}"
-base_url = "{base_url}"
-""",
-        source="telegram-test.toml",
+    return bot_config(
+        tmp_path, access=access, platform=_telegram_section(base_url), source="telegram-test.toml"
     )
+
+
+def _telegram_section(base_url: str) -> str:
+    return f'[telegram]\nenabled = true\ntoken_env = "{TOKEN_ENV}"\nbase_url = "{base_url}"'
 
 
 @dataclass
@@ -482,27 +467,11 @@ async def test_the_tiny_real_models_through_telegram(tmp_path: Path, tg: FakeTel
     from tests.tiny_sdxl import build_tiny_sdxl
 
     llm_dir, sdxl_dir = build_tiny_llm(tmp_path / "llm"), build_tiny_sdxl(tmp_path / "sdxl")
-    config = parse_config(
-        f"""
-[data]
-dir = "{tmp_path / "data"}"
-[llm]
-model = "{llm_dir}"
-max_new_tokens = 24
-temperature = 0.0
-[render]
-model = "{sdxl_dir}"
-width = 64
-height = 64
-steps = 2
-[queue]
-swap_models = "never"
-[telegram]
-enabled = true
-token_env = "{TOKEN_ENV}"
-base_url = "{tg.base_url}"
-""",
+    config = bot_config(
+        tmp_path,
+        platform=_telegram_section(tg.base_url),
         source="real.toml",
+        **tiny_model_sections(llm_dir, sdxl_dir),
     )
     async with App(config, adapters=platform_adapters(config)) as app:
         # canvas code sent as a file: the real regional SDXL pipeline draws it
