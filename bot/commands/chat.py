@@ -10,6 +10,12 @@ import argparse
 import asyncio
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:  # only for annotations: the command must start without loading the engine
+    from bot.config import Config
+    from omost_engine.llm.base import LLMBackend
+    from omost_engine.render.base import Renderer
 
 HELP = "chat with the bot in this terminal (reads stdin; scriptable)"
 
@@ -19,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="override [data] dir")
 
 
-def load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def load(args: argparse.Namespace) -> Config:
     """The config, with --data-dir applied; exits 2 with the config error's message."""
     from bot.config import ConfigError, load_config
 
@@ -33,7 +39,13 @@ def load(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return config
 
 
-async def chat(config, *, llm=None, renderer=None, stdin=None) -> int:  # type: ignore[no-untyped-def]
+async def chat(
+    config: Config,
+    *,
+    llm: LLMBackend | None = None,
+    renderer: Renderer | None = None,
+    stdin: TextIO | None = None,
+) -> int:
     from adapters.console import ConsoleAdapter
     from bot.app import App
 
