@@ -160,7 +160,7 @@ def parse_cost(runs: int) -> float:
 async def throughput(users: int, turns: int) -> dict[str, Any]:
     llm, renderer = FakeLLM(), FakeRenderer()
     finished: dict[str, int] = {}
-    engine = Engine(llm, renderer, max_per_owner=turns, max_total=users * turns, job_timeout_s=600)
+    engine = Engine(llm, renderer, max_total=users * turns, job_timeout_s=600)
 
     async def run(handle: JobHandle) -> Any:
         final = await handle.wait()

@@ -144,7 +144,6 @@ class App:
         self.engine = Engine(
             llm,
             renderer,
-            max_per_owner=config.queue.max_per_user,
             max_total=config.queue.max_total,
             job_timeout_s=config.queue.job_timeout_s,
             swap_models=swap_models_for(config),

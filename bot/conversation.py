@@ -38,18 +38,17 @@ from bot.config import Config
 from bot.policy import Policy
 from bot.store import Conversation, LinkRole, Store, Turn, TurnKind, TurnStatus
 from omost_engine.canvas import Canvas, CanvasError, diff_canvases, process
-from omost_engine.canvas_code import find_code, parse
+from omost_engine.canvas_code import GlobalParsed, find_code, parse
 from omost_engine.engine import Engine, JobHandle
 from omost_engine.errors import EngineError
 from omost_engine.jobs import (
     Cancelled,
-    CanvasReady,
     ComposeJob,
     ComposeResult,
     Failed,
     Finished,
+    PartParsed,
     Queued,
-    RegionParsed,
     RenderJob,
     Started,
     TextDelta,
@@ -825,19 +824,17 @@ class Conversations:
                 await status.show(
                     Post(text=_regions_status(parts, f"Turn {turn.id}: writing the canvas…"), code=code)
                 )
-            elif isinstance(event, RegionParsed):
+            elif isinstance(event, PartParsed):
                 part = event.part
                 label = (
                     part.global_description.description
-                    if hasattr(part, "global_description")
+                    if isinstance(part, GlobalParsed)
                     else f"{part.region.description} ({part.region.location})"
                 )
                 parts.append(label)
                 await status.show(
                     Post(text=_regions_status(parts, f"Turn {turn.id}: writing the canvas…"), code=code)
                 )
-            elif isinstance(event, CanvasReady):
-                pass  # handled with Finished, which carries the stats too
             elif isinstance(event, Finished) and isinstance(event.result, ComposeResult):
                 return await self._composed(turn, status, event.result)
             elif isinstance(event, Failed | Cancelled):

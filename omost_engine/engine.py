@@ -6,9 +6,9 @@ them) and runs `ComposeJob`s and `RenderJob`s (jobs.py) on them. It knows nothin
 
 Queue. Every lane keeps one FIFO per owner and serves owners round-robin: the next job comes from
 the owner served least recently (an owner never served goes first), so a user with ten queued
-jobs delays another user's single job by at most one job. Caps: `max_per_owner` jobs in flight
-(queued or running) per owner and `max_total` in all; `submit` refuses beyond them with
-`QueueFull`, whose message says which cap was hit.
+jobs delays another user's single job by at most one job. Cap: `max_total` jobs in flight (queued
+or running) in all; `submit` refuses beyond it with `QueueFull`. The per-user cap is the bot's
+(bot/policy.py reserves a slot when a request arrives), so it has one owner and one message.
 
 Lanes. One worker thread per device runs one job at a time. A local LLM and the renderer share
 the device lane; a remote LLM (`llm.remote`) gets a lane of its own, so composing for one user
@@ -25,8 +25,8 @@ fixed cost of a render (`RatePriors` before anything was measured).
 
 Streaming compose. The answer's pieces become `TextDelta`s and are fed to
 `canvas_code.IncrementalParser` a line at a time (a call completes at a line end; feeding every
-token re-scans the text for nothing), giving a `RegionParsed` per finished part; the final parse
-gives `CanvasReady`. An answer that does not parse still Finishes, with `parse_error` set.
+token re-scans the text for nothing), giving a `PartParsed` per finished part. An answer that
+does not parse still Finishes, with `parse_error` set.
 
 Timeouts and cancellation. A job's time limit (`job.timeout_s`, else `job_timeout_s`) counts from
 its start. A queued job is cancelled at once; a running one gets its cancel event set, which the
@@ -68,7 +68,6 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from types import TracebackType
-from typing import Literal
 
 from omost_engine import errors
 from omost_engine.canvas import Canvas, CanvasError
@@ -76,7 +75,6 @@ from omost_engine.canvas_code import IncrementalParser
 from omost_engine.jobs import (
     TERMINAL_EVENTS,
     Cancelled,
-    CanvasReady,
     ComposeJob,
     ComposeResult,
     Failed,
@@ -85,8 +83,8 @@ from omost_engine.jobs import (
     Job,
     JobEvent,
     JobStatus,
+    PartParsed,
     Queued,
-    RegionParsed,
     RenderJob,
     Started,
     TerminalEvent,
@@ -103,10 +101,10 @@ FLUSH_INTERVAL_S = 0.002
 
 
 class QueueFull(errors.EngineError):
-    """A cap was hit. `scope` is "owner" (this user's own cap) or "total" (the whole bot's)."""
+    """The whole engine's cap (`max_total`) was hit. The per-user cap is the bot's policy (it
+    reserves a slot when a request arrives); the engine only counts jobs per owner."""
 
-    def __init__(self, message: str, *, scope: Literal["owner", "total"], limit: int) -> None:
-        self.scope = scope
+    def __init__(self, message: str, *, limit: int) -> None:
         self.limit = limit
         super().__init__(message)
 
@@ -329,7 +327,7 @@ class _Outcome:
 
     result: ComposeResult | RenderResult | None = None
     error: Exception | None = None
-    cancelled: str | None = None  # the backend raised errors.Cancelled
+    cancelled: str | None = None  # the backend raised errors.Interrupted
     tokens: int = 0
     model_s: float = 0.0
     base_step_times: list[float] = field(default_factory=list)
@@ -400,20 +398,18 @@ class Engine:
         llm: LLMBackend,
         renderer: Renderer,
         *,
-        max_per_owner: int = 3,
         max_total: int = 100,
         job_timeout_s: float | None = 600.0,
         swap_models: bool = False,
         cancel_grace_s: float = 10.0,
         priors: RatePriors | None = None,
     ) -> None:
-        if max_per_owner < 1 or max_total < 1:
-            raise ValueError("max_per_owner and max_total must be at least 1")
+        if max_total < 1:
+            raise ValueError("max_total must be at least 1")
         if job_timeout_s is not None and job_timeout_s <= 0:
             raise ValueError("job_timeout_s must be positive (or None for no limit)")
         self._llm = llm
         self._renderer = renderer
-        self.max_per_owner = max_per_owner
         self.max_total = max_total
         self.job_timeout_s = job_timeout_s
         self.swap_models = swap_models
@@ -497,19 +493,10 @@ class Engine:
         if job.job_id in self._entries:
             raise ValueError(f"job {job.job_id} is already in the engine")
         mine = self._owner_counts.get(job.owner, 0)
-        if mine >= self.max_per_owner:
-            raise QueueFull(
-                f"You already have {mine} request{'s' if mine != 1 else ''} waiting or in progress, "
-                f"the most one person can have at once ({self.max_per_owner}). Wait for one to "
-                "finish, or cancel one, then try again.",
-                scope="owner",
-                limit=self.max_per_owner,
-            )
         if len(self._entries) >= self.max_total:
             raise QueueFull(
                 f"The bot is busy: {len(self._entries)} requests are waiting or in progress, the most "
                 f"it takes at once ({self.max_total}). Please try again in a few minutes.",
-                scope="total",
                 limit=self.max_total,
             )
         lane = self._llm_lane if isinstance(job, ComposeJob) else self._device_lane
@@ -522,14 +509,11 @@ class Engine:
         self._mark_dirty(lane)
         return entry.handle
 
-    def cancel(self, job_id: str, reason: str = "cancelled") -> bool:
-        """Cancel by id (e.g. from a chat button); False when no such job is in flight."""
-        entry = self._entries.get(job_id)
-        return entry is not None and self._cancel(entry, reason)
-
-    def handle(self, job_id: str) -> JobHandle | None:
-        entry = self._entries.get(job_id)
-        return entry.handle if entry is not None else None
+    def cancel_tagged(self, tag: str, reason: str = "cancelled") -> int:
+        """Cancel every job in flight whose `tag` is `tag` (the bot tags jobs with their turn id);
+        returns how many were cancelled."""
+        tagged = [entry for entry in self._entries.values() if entry.job.tag == tag]
+        return sum(self._cancel(entry, reason) for entry in tagged)
 
     def in_flight(self, owner: str | None = None) -> int:
         """Jobs queued or running, for one owner or in all."""
@@ -812,13 +796,13 @@ class Engine:
         while True:
             try:
                 if entry.cancel.is_set():
-                    raise errors.Cancelled()
+                    raise errors.Interrupted()
                 if self.swap_models and lane.shared:
                     self._swap_for(lane, entry.job)
                 if isinstance(entry.job, ComposeJob):
                     return self._run_compose(entry, entry.job)
                 return self._run_render(entry, entry.job)
-            except errors.Cancelled as e:
+            except errors.Interrupted as e:
                 return _Outcome(cancelled=str(e))
             except Exception as e:
                 if entry.cancel.is_set():
@@ -876,7 +860,7 @@ class Engine:
                 if piece is None:
                     break
                 if entry.cancel.is_set():
-                    raise errors.Cancelled()
+                    raise errors.Interrupted()
                 if not piece:
                     continue
                 pieces += 1
@@ -890,7 +874,7 @@ class Engine:
                 close()  # stop the backend's stream when we stop early
         self._feed(entry, parser, unparsed)
         if entry.cancel.is_set():
-            raise errors.Cancelled()
+            raise errors.Interrupted()
         text = generation.text
         canvas: Canvas | None = None
         parse_error: CanvasError | None = None
@@ -903,8 +887,6 @@ class Engine:
             stats.new_tokens = pieces
         if stats.seconds == 0.0:
             stats.seconds = model_s
-        if canvas is not None:
-            self._post(_EventItem(entry, CanvasReady(canvas, text)))
         result = ComposeResult(text=text, canvas=canvas, parse_error=parse_error, stats=stats)
         return _Outcome(result=result, tokens=stats.new_tokens, model_s=model_s)
 
@@ -912,7 +894,7 @@ class Engine:
         if not unparsed:
             return
         for part in parser.feed("".join(unparsed)):
-            self._post(_EventItem(entry, RegionParsed(part)))
+            self._post(_EventItem(entry, PartParsed(part)))
         unparsed.clear()
 
     def _run_render(self, entry: _Entry, job: RenderJob) -> _Outcome:
@@ -931,5 +913,5 @@ class Engine:
         result = self._renderer.render(job.canvas, job.params, on_step=on_step, cancel=entry.cancel)
         model_s = time.perf_counter() - began - callback_s
         if entry.cancel.is_set():
-            raise errors.Cancelled()
+            raise errors.Interrupted()
         return _Outcome(result=result, model_s=model_s, base_step_times=base_step_times)

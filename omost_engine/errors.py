@@ -1,7 +1,7 @@
 """The engine's errors, written for the person in the chat.
 
     EngineError                  base: anything the engine reports to a user
-    +-- Cancelled                the job was cancelled (by the user, a timeout or shutdown)
+    +-- Interrupted              a backend saw its cancel event and stopped (a user, a timeout, shutdown)
     +-- ModelNotAvailable        weights are not on disk (offline) or the id/path is wrong
     +-- OutOfMemory              the device ran out of memory; names the model and the need
     +-- BackendError             a remote LLM server failed (HTTP status, connection, stream)
@@ -17,7 +17,9 @@ class EngineError(Exception):
     """Base of every error the engine reports; str(e) is fit to show a chat user."""
 
 
-class Cancelled(EngineError):
+class Interrupted(EngineError):
+    """A backend stopped because its cancel event was set (the engine reports it as `jobs.Cancelled`)."""
+
     def __init__(self, message: str = "cancelled") -> None:
         super().__init__(message)
 

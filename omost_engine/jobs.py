@@ -6,7 +6,7 @@ the typed events a job emits in order, and the results carried by `Finished`.
 
 Every job's event stream is
 
-    Queued* Started (TextDelta | RegionParsed)* CanvasReady? Finished      (compose)
+    Queued* Started (TextDelta | PartParsed)* Finished                    (compose)
     Queued* Started Step* Finished                                         (render)
 
 ending with exactly one terminal event: `Finished`, `Failed` or `Cancelled`. `Queued` is sent
@@ -30,7 +30,6 @@ from omost_engine.render.base import RenderParams, RenderResult, Step
 
 __all__ = [
     "Cancelled",
-    "CanvasReady",
     "ComposeJob",
     "ComposeResult",
     "Failed",
@@ -39,8 +38,8 @@ __all__ = [
     "Job",
     "JobEvent",
     "JobStatus",
+    "PartParsed",
     "Queued",
-    "RegionParsed",
     "RenderJob",
     "RenderResult",
     "Started",
@@ -59,9 +58,6 @@ class JobStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
-    @property
-    def is_final(self) -> bool:
-        return self in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 class FailureKind(StrEnum):
@@ -170,19 +166,11 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
-class RegionParsed:
+class PartParsed:
     """A part of the canvas became complete while streaming: the global description
     (`canvas_code.GlobalParsed`) or a local region (`canvas_code.RegionParsed`)."""
 
     part: CanvasEvent
-
-
-@dataclass(frozen=True)
-class CanvasReady:
-    """The whole answer parsed: `canvas` is valid and `code` is the model's answer text."""
-
-    canvas: Canvas
-    code: str
 
 
 # `Step(index, total, preview, phase)` is the renderer's own progress record (render/base.py),
@@ -209,6 +197,6 @@ class Cancelled:
     reason: str
 
 
-JobEvent = Queued | Started | TextDelta | RegionParsed | CanvasReady | Step | Finished | Failed | Cancelled
+JobEvent = Queued | Started | TextDelta | PartParsed | Step | Finished | Failed | Cancelled
 TerminalEvent = Finished | Failed | Cancelled
 TERMINAL_EVENTS: tuple[type, ...] = (Finished, Failed, Cancelled)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from omost_engine.errors import Cancelled, ModelNotAvailable, OutOfMemory
+from omost_engine.errors import Interrupted, ModelNotAvailable, OutOfMemory
 from omost_engine.llm.base import ChatMessage, GenerationParams
 from omost_engine.llm.context import ContextTooLong, fit_to_context
 from omost_engine.llm.local import LocalBackend, estimate_memory
@@ -91,7 +91,7 @@ def test_cancel_mid_stream_stops_within_one_token(backend: LocalBackend) -> None
     cancel = threading.Event()
     generation = backend.generate(HELLO, GenerationParams(temperature=0, max_new_tokens=2000), cancel)
     tokens_when_cancelled = -1
-    with pytest.raises(Cancelled):
+    with pytest.raises(Interrupted):
         for i, _ in enumerate(generation):
             if i == 3:
                 cancel.set()
@@ -104,7 +104,7 @@ def test_cancel_mid_stream_stops_within_one_token(backend: LocalBackend) -> None
 def test_cancel_before_start_raises_at_once(backend: LocalBackend) -> None:
     cancel = threading.Event()
     cancel.set()
-    with pytest.raises(Cancelled):
+    with pytest.raises(Interrupted):
         backend.generate(HELLO, GREEDY, cancel)
 
 

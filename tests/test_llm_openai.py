@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from omost_engine.errors import BackendError, Cancelled
+from omost_engine.errors import BackendError, Interrupted
 from omost_engine.llm.base import ChatMessage, GenerationParams
 from omost_engine.llm.openai_api import OpenAIBackend
 from omost_engine.llm.system_prompt import SYSTEM_PROMPT
@@ -184,7 +184,7 @@ def test_cancel_mid_stream_stops_at_the_next_piece(server: FakeOpenAIServer) -> 
     cancel = threading.Event()
     generation = backend(server).generate(ASK, PARAMS, cancel)
     seen = 0
-    with pytest.raises(Cancelled):
+    with pytest.raises(Interrupted):
         for _ in generation:
             seen += 1
             if seen == 3:

@@ -16,7 +16,7 @@ from PIL import Image
 from bot.cli import main
 from omost_engine.canvas import CanvasError
 from omost_engine.canvas_code import parse, to_code
-from omost_engine.errors import Cancelled, ModelNotAvailable, OutOfMemory
+from omost_engine.errors import Interrupted, ModelNotAvailable, OutOfMemory
 from omost_engine.render.attention import RegionalAttnProcessor
 from omost_engine.render.base import InvalidRenderParams, RenderParams, Step
 from omost_engine.render.metadata import encode_png, read_png_metadata
@@ -131,13 +131,13 @@ def test_cancel_stops_within_one_step(renderer: SDXLRegionalRenderer, seed_canva
         if step.index == 2:
             cancel.set()
 
-    with pytest.raises(Cancelled):
+    with pytest.raises(Interrupted):
         renderer.render(
             seed_canvas, RenderParams(width=64, height=64, steps=8), on_step=on_step, cancel=cancel
         )
     assert seen == [1, 2]
 
-    with pytest.raises(Cancelled):
+    with pytest.raises(Interrupted):
         renderer.render(seed_canvas, SMALL, on_step=on_step, cancel=cancel)  # already cancelled
     assert seen == [1, 2]
     # The renderer keeps working after a cancellation.

@@ -1,7 +1,7 @@
 """The LLM backend interface: chat messages + parameters + a cancel event -> a text stream.
 
 Backends are synchronous and run on an engine lane's worker thread (never on the event loop).
-They must stop within one token of `cancel` being set, raising `Cancelled`.
+They must stop within one token of `cancel` being set, raising `errors.Interrupted`.
 This module must not import torch or transformers.
 """
 

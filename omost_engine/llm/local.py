@@ -8,7 +8,7 @@ library failures into the engine's errors:
 
     OSError / bad repo id while loading   -> ModelNotAvailable (names the model, `omost-bot download`)
     torch.OutOfMemoryError                -> OutOfMemory (names the model and the memory needed)
-    cancel event set                      -> Cancelled
+    cancel event set                      -> errors.Interrupted
 
 Prompt lookup (n-gram speculative decoding, transformers' `prompt_lookup_num_tokens`) proposes
 the tokens that followed the latest matching n-gram of the prompt; the model checks them all in one
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from omost_engine.errors import Cancelled, EngineError, ModelNotAvailable, OutOfMemory
+from omost_engine.errors import EngineError, Interrupted, ModelNotAvailable, OutOfMemory
 from omost_engine.llm.base import ChatMessage, Generation, GenerationParams, GenerationStats
 from omost_engine.llm.context import (
     DEFAULT_CONTEXT_TOKENS,
@@ -334,7 +334,7 @@ class LocalBackend:
     ) -> Generation:
         """Start generating in a worker thread; iterate the result for text pieces."""
         if cancel.is_set():
-            raise Cancelled()
+            raise Interrupted()
         self.load()
         stats = GenerationStats()
         fit = fit_to_context(
@@ -422,7 +422,7 @@ class LocalBackend:
         try:
             while True:
                 if cancel.is_set():
-                    raise Cancelled()
+                    raise Interrupted()
                 try:
                     piece = streamer.text_queue.get(timeout=_POLL_SECONDS)
                 except queue.Empty:
@@ -430,7 +430,7 @@ class LocalBackend:
                 if piece is streamer.stop_signal:
                     break
                 if cancel.is_set():
-                    raise Cancelled()
+                    raise Interrupted()
                 stats.seconds = time.perf_counter() - started
                 if piece:
                     yield piece

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from omost_engine.errors import BackendError, Cancelled
+from omost_engine.errors import BackendError, Interrupted
 from omost_engine.llm.base import ChatMessage, Generation, GenerationParams, GenerationStats
 from omost_engine.llm.context import with_system_prompt
 
@@ -85,7 +85,7 @@ class OpenAIBackend:
         self, messages: Sequence[ChatMessage], params: GenerationParams, cancel: threading.Event
     ) -> Generation:
         if cancel.is_set():
-            raise Cancelled()
+            raise Interrupted()
         stats = GenerationStats()
         body: dict[str, Any] = {
             "model": self.model,
@@ -111,7 +111,7 @@ class OpenAIBackend:
 
     def _wait(self, seconds: float, cancel: threading.Event) -> None:
         if cancel.wait(seconds):
-            raise Cancelled()
+            raise Interrupted()
 
     def _stream(self, body: dict[str, Any], stats: GenerationStats, cancel: threading.Event) -> Iterator[str]:
         url = f"{self.base_url}/chat/completions"
@@ -120,7 +120,7 @@ class OpenAIBackend:
         attempt = 0
         while True:
             if cancel.is_set():
-                raise Cancelled()
+                raise Interrupted()
             try:
                 with self._client.stream("POST", url, json=body, headers=self._headers()) as response:
                     if response.status_code != 200:
@@ -179,7 +179,7 @@ class OpenAIBackend:
         chunks = 0
         for line in response.iter_lines():
             if cancel.is_set():
-                raise Cancelled()
+                raise Interrupted()
             if not line.startswith("data:"):
                 continue  # blank separators, comments (":"), event:/id: fields
             data = line[5:].strip()

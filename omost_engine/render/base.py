@@ -1,7 +1,7 @@
 """The renderer interface: a canvas + parameters -> an image, with step progress and cancel.
 
 Renderers are synchronous and run on an engine lane's worker thread. They call `on_step` after
-every denoising step and raise `omost_engine.errors.Cancelled` within one step of `cancel`.
+every denoising step and raise `omost_engine.errors.Interrupted` within one step of `cancel`.
 This module must not import torch or diffusers.
 """
 

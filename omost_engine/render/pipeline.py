@@ -14,7 +14,7 @@
 5. decode with the VAE in bfloat16 (SDXL's VAE overflows in fp16).
 
 Progress goes to `on_step` after every denoising step (with a cheap latent preview), and a set
-`cancel` event raises `Cancelled` from the step callback, so a render stops within one step.
+`cancel` event raises `errors.Interrupted` from the step callback, so a render stops within one step.
 The seed drives a CPU generator, so the same seed and settings give the same image.
 
 Memory modes: "resident" keeps the pipeline on the device; "offload" uses diffusers' model CPU
@@ -39,7 +39,7 @@ from PIL import Image
 
 from omost_engine.canvas import Canvas, process
 from omost_engine.canvas_code import to_code
-from omost_engine.errors import Cancelled, ModelNotAvailable, OutOfMemory
+from omost_engine.errors import Interrupted, ModelNotAvailable, OutOfMemory
 from omost_engine.render.attention import RegionalAttention, install_regional_attention
 from omost_engine.render.base import (
     RenderParams,
@@ -476,4 +476,4 @@ def _denoised_estimate(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
 
 def _check_cancel(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
-        raise Cancelled("render cancelled")
+        raise Interrupted("render cancelled")

@@ -3,7 +3,7 @@
 `FakeLLM` (llm/base.py's LLMBackend) replays canned answers as a stream of token-sized pieces;
 `FakeRenderer` (render/base.py's Renderer) draws a small image from the canvas layout colours and
 the seed, reporting every step. Both stop within one piece or step of their cancel event (raising
-`errors.Cancelled`), can be told to run out of memory a number of times, and record what they
+`errors.Interrupted`), can be told to run out of memory a number of times, and record what they
 were asked to do, so tests assert on behaviour rather than on mocks.
 
 Shared log: pass the same list as `log=` to both fakes to see their calls interleaved in order,
@@ -137,7 +137,7 @@ class FakeLLM:
                 raise self.error
             for piece in split_pieces(answer):
                 if cancel.is_set() or (self.token_delay_s > 0 and cancel.wait(self.token_delay_s)):
-                    raise errors.Cancelled()
+                    raise errors.Interrupted()
                 self.pieces_sent[index] += 1
                 stats.new_tokens += 1
                 stats.seconds = time.perf_counter() - started
@@ -228,7 +228,7 @@ class FakeRenderer:
                     if cancel is not None and (
                         cancel.is_set() or (self.step_delay_s > 0 and cancel.wait(self.step_delay_s))
                     ):
-                        raise errors.Cancelled()
+                        raise errors.Interrupted()
                     if cancel is None and self.step_delay_s > 0:
                         time.sleep(self.step_delay_s)
                     self.steps_run[index] += 1
