@@ -41,6 +41,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from omost_engine.render.base import CFG_RANGE, HIRES_SCALE_RANGE, MAX_SIZE, MAX_STEPS, MIN_SIZE
+
 DEFAULT_CONFIG_FILE = Path("config.toml")
 """What `load_config(None)` reads when it exists in the current directory."""
 
@@ -192,12 +194,14 @@ class LLMConfig(_Section):
 
 class RenderConfig(_Section):
     model: str = "SG161222/RealVisXL_V4.0"
-    width: Annotated[int, Field(ge=64, le=4096)] = 896
-    height: Annotated[int, Field(ge=64, le=4096)] = 1152
-    steps: Annotated[int, Field(ge=1, le=200)] = 25
-    cfg: Annotated[float, Field(ge=0.0, le=30.0)] = 5.0
+    # the renderer's own limits (omost_engine.render.base), so the config, the chat's /settings
+    # and the renderer agree on what is allowed
+    width: Annotated[int, Field(ge=MIN_SIZE, le=MAX_SIZE)] = 896
+    height: Annotated[int, Field(ge=MIN_SIZE, le=MAX_SIZE)] = 1152
+    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] = 25
+    cfg: Annotated[float, Field(ge=CFG_RANGE[0], le=CFG_RANGE[1])] = 5.0
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
-    hires_scale: Annotated[float, Field(ge=1.0, le=2.0)] = 1.0
+    hires_scale: Annotated[float, Field(ge=HIRES_SCALE_RANGE[0], le=HIRES_SCALE_RANGE[1])] = 1.0
     memory: Literal["auto", "resident", "offload"] = "auto"
     device: Device = "auto"
 

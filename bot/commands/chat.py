@@ -57,7 +57,7 @@ async def chat(
     async with App(config, adapters=[console], llm=llm, renderer=renderer) as app:
         await console.input_done.wait()
         if not console.quit_requested:
-            await app.conversations.drain()
+            await app.runner.drain()
     return 0
 
 
