@@ -191,6 +191,8 @@ class LLMConfig(_Section):
 
 
 class RenderConfig(_Section):
+    # "auto" reads the model folder's pipeline class (omost_engine.render.factory.detect_family).
+    family: Literal["auto", "sdxl", "flux2-klein"] = "auto"
     model: str = "SG161222/RealVisXL_V4.0"
     width: Annotated[int, Field(ge=64, le=4096)] = 896
     height: Annotated[int, Field(ge=64, le=4096)] = 1152
@@ -199,10 +201,20 @@ class RenderConfig(_Section):
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     hires_scale: Annotated[float, Field(ge=1.0, le=2.0)] = 1.0
     memory: Literal["auto", "resident", "offload"] = "auto"
+    # flux2-klein only: the transformer and text encoder in bitsandbytes NF4 (fits 8 GB cards).
+    quantize: Literal["none", "4bit"] = "none"
     device: Device = "auto"
 
     _sizes = field_validator("width", "height")(_multiple_of_64)
     _finite_floats = field_validator("cfg", "hires_scale")(_finite)
+
+    @model_validator(mode="after")
+    def _quantize_needs_flux(self) -> RenderConfig:
+        if self.quantize != "none" and self.family == "sdxl":
+            raise PydanticCustomError(
+                "config_key", 'is only available with family = "flux2-klein" (or "auto")', {"key": "quantize"}
+            )
+        return self
 
     @field_validator("model")
     @classmethod
