@@ -185,6 +185,9 @@ class Flux2RegionalRenderer:
             raise ValueError(f"quantize must be None or '4bit'; got {quantize!r}")
         self.name = model
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if quantize == "4bit" and self.device.type != "cuda":
+            # diffusers' bitsandbytes quantiser refuses to load without a CUDA GPU.
+            raise ValueError(f"the 4-bit transformer needs a CUDA GPU; the render device is {self.device}")
         # FLUX is trained in bfloat16; float16 overflows in its activations.
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         self.memory: MemoryMode = memory
