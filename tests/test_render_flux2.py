@@ -26,13 +26,13 @@ from omost_engine.canvas_code import parse
 from omost_engine.errors import Interrupted, ModelNotAvailable, OutOfMemory
 from omost_engine.render.base import RenderParams, Step
 from omost_engine.render.factory import UnknownModelFamily, detect_family, make_renderer
-from omost_engine.render.flux2 import Flux2RegionalRenderer, region_prompt
+from omost_engine.render.flux2 import Flux2RegionalRenderer
 from omost_engine.render.flux2_attention import RegionalJointAttention, regional_mask
 from omost_engine.render.metadata import encode_png, read_png_metadata
 from tests.seed import seed_answers
 from tests.tiny_flux2 import build_tiny_flux2
 
-SMALL = RenderParams(width=64, height=64, steps=3, cfg=4.0)
+SMALL = RenderParams(width=64, height=64, steps=2, cfg=4.0)
 TOKENS = 48  # text tokens per region here (klein uses 512); holds every prefix of the seed canvas
 
 
@@ -62,7 +62,9 @@ def test_the_seed_canvas_renders_with_progress_and_previews(
     renderer: Flux2RegionalRenderer, seed_canvas: Any
 ) -> None:
     steps: list[Step] = []
-    result = renderer.render(seed_canvas, RenderParams(width=64, height=128, steps=3, cfg=4.0), on_step=steps.append)
+    result = renderer.render(
+        seed_canvas, RenderParams(width=64, height=128, steps=3, cfg=4.0), on_step=steps.append
+    )
     assert result.image.size == (64, 128)
     assert [(s.index, s.total, s.phase) for s in steps] == [(1, 3, "base"), (2, 3, "base"), (3, 3, "base")]
     assert all(s.preview is not None and s.preview.size == (64, 128) for s in steps)
@@ -70,7 +72,9 @@ def test_the_seed_canvas_renders_with_progress_and_previews(
     assert result.model == renderer.name
 
 
-def test_same_seed_same_pixels_and_another_seed_differs(renderer: Flux2RegionalRenderer, seed_canvas: Any) -> None:
+def test_same_seed_same_pixels_and_another_seed_differs(
+    renderer: Flux2RegionalRenderer, seed_canvas: Any
+) -> None:
     first = renderer.render(seed_canvas, SMALL).image
     again = renderer.render(seed_canvas, SMALL).image
     other = renderer.render(seed_canvas, RenderParams(width=64, height=64, steps=3, cfg=4.0, seed=7)).image
@@ -108,10 +112,10 @@ def test_guidance_adds_an_unmasked_negative_pass_and_cfg_1_runs_one_pass(
     masked, handle = _count_passes(renderer.pipeline.transformer)
     try:
         renderer.render(seed_canvas, SMALL)  # cfg 4 on a base (undistilled) checkpoint: true CFG
-        assert masked == [True, False] * 3
+        assert masked == [True, False] * 2
         masked.clear()
-        renderer.render(seed_canvas, RenderParams(width=64, height=64, steps=3, cfg=1.0))
-        assert masked == [True] * 3
+        renderer.render(seed_canvas, RenderParams(width=64, height=64, steps=2, cfg=1.0))
+        assert masked == [True] * 2
     finally:
         handle.remove()
 
@@ -122,7 +126,7 @@ def test_a_distilled_checkpoint_ignores_guidance(tmp_path: Path, seed_canvas: An
     masked, handle = _count_passes(renderer.pipeline.transformer)
     renderer.render(seed_canvas, SMALL)
     handle.remove()
-    assert masked == [True] * 3
+    assert masked == [True] * 2
 
 
 def test_cancel_stops_inside_a_step(renderer: Flux2RegionalRenderer, seed_canvas: Any) -> None:
@@ -151,10 +155,17 @@ def test_hires_pass_gives_the_scaled_size_and_reports_its_phase(
     renderer: Flux2RegionalRenderer, seed_canvas: Any
 ) -> None:
     steps: list[Step] = []
-    params = RenderParams(width=64, height=64, steps=2, cfg=1.0, hires_scale=2.0, hires_steps=2, hires_denoise=0.5)
+    params = RenderParams(
+        width=64, height=64, steps=2, cfg=1.0, hires_scale=2.0, hires_steps=2, hires_denoise=0.5
+    )
     result = renderer.render(seed_canvas, params, on_step=steps.append)
     assert result.image.size == (128, 128)
-    assert [(s.phase, s.index, s.total) for s in steps] == [("base", 1, 2), ("base", 2, 2), ("hires", 1, 2), ("hires", 2, 2)]
+    assert [(s.phase, s.index, s.total) for s in steps] == [
+        ("base", 1, 2),
+        ("base", 2, 2),
+        ("hires", 1, 2),
+        ("hires", 2, 2),
+    ]
 
 
 def test_png_metadata_round_trips(renderer: Flux2RegionalRenderer, seed_canvas: Any) -> None:
@@ -228,7 +239,9 @@ def test_gpu_4bit_transformer_and_offload(model_dir: Path, seed_canvas: Any) -> 
 # --- the renderer factory ---------------------------------------------------------------------
 
 
-def test_auto_family_reads_the_pipeline_class(model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_family_reads_the_pipeline_class(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     assert detect_family(str(model_dir)) == "flux2-klein"
@@ -263,7 +276,9 @@ def test_make_renderer_builds_the_family_asked_for(model_dir: Path, seed_canvas:
 # --- locality and the mask --------------------------------------------------------------------
 
 
-def _first_block_image_tokens(renderer: Flux2RegionalRenderer, canvas: Any, grid: tuple[int, int]) -> torch.Tensor:
+def _first_block_image_tokens(
+    renderer: Flux2RegionalRenderer, canvas: Any, grid: tuple[int, int]
+) -> torch.Tensor:
     """The image stream after the first (double-stream) block, for one denoising input."""
     pipe = renderer.pipeline
     device = torch.device("cpu")
@@ -336,7 +351,12 @@ def test_the_mask_keeps_image_attention_unrestricted_and_text_blocks_apart() -> 
 
 
 def _literal_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, boxes: list[Any], counts: list[int], grid: tuple[int, int]
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    boxes: list[Any],
+    counts: list[int],
+    grid: tuple[int, int],
 ) -> torch.Tensor:
     """The rule written out token by token, with every score materialised (q, k, v: (B, S, H, D))."""
     text = sum(counts)
@@ -403,3 +423,51 @@ def test_the_transformer_with_the_mask_matches_the_literal_rule(
     assert (fused - reference).abs().max().item() <= 1e-4
     monkeypatch.undo()
     assert (run(None) - fused).abs().max().item() > 1e-3  # without the mask the output differs
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def test_render_cli_draws_with_the_family_it_finds(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.cli import main
+
+    source = tmp_path / "seed.txt"
+    source.write_text(seed_answers()[0], encoding="utf-8")
+    out = tmp_path / "out.png"
+    argv = ["render", str(source), "-o", str(out), "--model", str(model_dir), "--device", "cpu"]
+    assert main([*argv, "--width", "64", "--height", "64", "--steps", "1", "--seed", "5"]) == 0
+    restored = read_png_metadata(out)
+    assert restored is not None and restored.canvas == parse(seed_answers()[0])
+    assert restored.model == str(model_dir)
+    assert main([*argv, "--family", "sdxl", "--quantize", "4bit"]) == 2
+    assert "flux2-klein" in capsys.readouterr().err
+
+
+def test_download_and_doctor_name_the_family(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from huggingface_hub.utils import filter_repo_objects
+
+    from bot.cli import main
+    from bot.commands.download import allow_patterns
+
+    files = [
+        "model_index.json",
+        "flux-2-klein-4b.safetensors",  # the single-file checkpoint beside the diffusers folders
+        "transformer/config.json",
+        "transformer/diffusion_pytorch_model.safetensors",
+        "text_encoder/model-00001-of-00002.safetensors",
+        "tokenizer/tokenizer.json",
+        "tokenizer/chat_template.jinja",
+        "vae/diffusion_pytorch_model.safetensors",
+    ]
+    chosen = set(filter_repo_objects(files, allow_patterns=allow_patterns("render", files)))
+    assert chosen == set(files) - {"flux-2-klein-4b.safetensors"}
+    assert main(["download", "--render", "--render-model", str(model_dir)]) == 0
+    assert "is a flux2-klein model" in capsys.readouterr().out
+    config = tmp_path / "config.toml"
+    config.write_text(f'[render]\nmodel = "{model_dir}"\n', encoding="utf-8")
+    assert main(["doctor", "-c", str(config)]) == 0
+    assert "(flux2-klein)" in capsys.readouterr().out

@@ -7,7 +7,8 @@ first block), an `AutoencoderKLFlux2` with two levels (latents are 1/2 of the im
 16 x 16 grid of image tokens), and a 4-layer `Qwen3ForCausalLM` text encoder whose three hidden
 states the transformer reads (joint_attention_dim 3 x 16). The tokenizer is a Qwen2-style
 byte-level BPE trained here, with Qwen3's chat tokens and a chat template that honours
-`enable_thinking`, saved with `Qwen2TokenizerFast` so the pipeline loads the class it expects.
+`enable_thinking`, saved with `Qwen2TokenizerFast` so the pipeline loads the class it expects;
+its `model_max_length` of 64 caps the renderer's text blocks (klein's real limit is 512).
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def build_qwen_tokenizer(vocab_size: int = 600):  # type: ignore[no-untyped-def]
         tokenizer_object=core, eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None
     )
     tokenizer.chat_template = CHAT_TEMPLATE
+    # Keeps prompts short where a test does not choose (the CLI): the renderer pads to at most this.
+    tokenizer.model_max_length = 64
     return tokenizer
 
 

@@ -74,6 +74,20 @@ class TextBlocks:
     counts: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class _RenderCall:
+    """What one render's denoising passes share (diffusers keeps a call's state on the call)."""
+
+    pipe: Any
+    positive: TextBlocks
+    negative: TextBlocks | None
+    """None: no guidance (a distilled checkpoint, or cfg <= 1)."""
+    regions: RegionalJointAttention
+    cfg: float
+    on_step: StepCallback | None
+    cancel: threading.Event | None
+
+
 def region_prompt(region: LayoutRegion) -> str:
     """SPEC 4's prefixes then suffixes as one prompt (each part already ends with a full stop)."""
     return " ".join((*region.prefixes, *region.suffixes))
@@ -124,7 +138,9 @@ def _quantized_parts(model: str, dtype: torch.dtype, local_files_only: bool) -> 
     }
 
 
-def load_flux2_klein(model: str, dtype: torch.dtype, local_files_only: bool = True, quantize: Quantize = None) -> Any:
+def load_flux2_klein(
+    model: str, dtype: torch.dtype, local_files_only: bool = True, quantize: Quantize = None
+) -> Any:
     """Flux2KleinPipeline from a hub id or a local folder, without the network by default."""
     from diffusers import Flux2KleinPipeline
 
@@ -134,7 +150,9 @@ def load_flux2_klein(model: str, dtype: torch.dtype, local_files_only: bool = Tr
     source = str(path) if path.is_dir() else model
     try:
         parts = _quantized_parts(source, dtype, local_files_only) if quantize == "4bit" else {}
-        return Flux2KleinPipeline.from_pretrained(source, dtype=dtype, local_files_only=local_files_only, **parts)
+        return Flux2KleinPipeline.from_pretrained(
+            source, dtype=dtype, local_files_only=local_files_only, **parts
+        )
     except (OSError, ValueError) as e:  # huggingface_hub's not-found errors are OSErrors
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise _not_available(model, f"its weights could not be loaded ({first_line})") from e
@@ -217,6 +235,10 @@ class Flux2RegionalRenderer:
         pipe.set_progress_bar_config(disable=True)
         if self.text_layers is None:
             self.text_layers = text_layers_for(pipe.text_encoder, pipe.transformer.config.joint_attention_dim)
+        # Never pad past the tokenizer's own limit (Qwen3's is far above klein's 512).
+        self.text_tokens = min(
+            self.text_tokens, int(getattr(pipe.tokenizer, "model_max_length", self.text_tokens))
+        )
         self._pipe = pipe
         self._place()
         return pipe
@@ -308,7 +330,11 @@ class Flux2RegionalRenderer:
 
     @torch.no_grad()
     def _render(
-        self, canvas: Canvas, params: RenderParams, on_step: StepCallback | None, cancel: threading.Event | None
+        self,
+        canvas: Canvas,
+        params: RenderParams,
+        on_step: StepCallback | None,
+        cancel: threading.Event | None,
     ) -> Image.Image:
         # 1. Inputs were checked by render(); load the components.
         _check_cancel(cancel)
@@ -317,9 +343,16 @@ class Flux2RegionalRenderer:
         # 2. Encode: one text block per region, and the negative prompt for true CFG.
         layout = process(canvas)
         positive = self.encode_layout(layout, device)
-        regions = RegionalJointAttention(tuple(r.box for r in layout.regions), positive.counts)
         guided = params.cfg > 1.0 and not pipe.config.is_distilled
-        negative = self.encode_texts([params.negative_prompt], device) if guided else None
+        call = _RenderCall(
+            pipe=pipe,
+            positive=positive,
+            negative=self.encode_texts([params.negative_prompt], device) if guided else None,
+            regions=RegionalJointAttention(tuple(r.box for r in layout.regions), positive.counts),
+            cfg=params.cfg,
+            on_step=on_step,
+            cancel=cancel,
+        )
         _check_cancel(cancel)
         # 3. Prepare the seeded noise on the render device.
         generator = torch.Generator(device).manual_seed(params.seed)
@@ -328,9 +361,7 @@ class Flux2RegionalRenderer:
         with _cancel_between_blocks(pipe.transformer, cancel):
             # 4. Denoising loop.
             timesteps = self._schedule(pipe, params.steps, grid, device)
-            latents = self._denoise(
-                pipe, latents, ids, grid, timesteps, positive, negative, regions, params, on_step, cancel, "base"
-            )
+            latents = self._denoise(call, latents, ids, grid, timesteps, "base")
             size = hires_size(params)
             if size is not None:
                 # 5. High-resolution pass: re-noise the resized image part of the way, denoise again.
@@ -340,12 +371,11 @@ class Flux2RegionalRenderer:
                 noise, ids = self._noise(pipe, size[0], size[1], generator, device)
                 grid = self._grid(pipe, size[0], size[1])
                 total = max(params.hires_steps, round(params.hires_steps / params.hires_denoise))
-                timesteps = self._schedule(pipe, total, grid, device, start=total - params.hires_steps)
-                sigma = pipe.scheduler.sigmas[total - params.hires_steps].to(device)
+                start = total - params.hires_steps
+                timesteps = self._schedule(pipe, total, grid, device, start=start)
+                sigma = pipe.scheduler.sigmas[start].to(device)
                 latents = sigma * noise + (1.0 - sigma) * clean  # flow matching's forward process
-                latents = self._denoise(
-                    pipe, latents, ids, grid, timesteps, positive, negative, regions, params, on_step, cancel, "hires"
-                )
+                latents = self._denoise(call, latents, ids, grid, timesteps, "hires")
         _check_cancel(cancel)
         # 6. Decode.
         return self._decode(pipe, latents, grid)
@@ -419,38 +449,33 @@ class Flux2RegionalRenderer:
 
     def _denoise(
         self,
-        pipe: Any,
+        call: _RenderCall,
         latents: torch.Tensor,
         ids: torch.Tensor,
         grid: tuple[int, int],
         timesteps: torch.Tensor,
-        positive: TextBlocks,
-        negative: TextBlocks | None,
-        regions: RegionalJointAttention,
-        params: RenderParams,
-        on_step: StepCallback | None,
-        cancel: threading.Event | None,
         phase: str,
     ) -> torch.Tensor:
-        transformer = pipe.transformer
-        scheduler = pipe.scheduler
-        masked = regions.kwargs(grid, latents.device, transformer.dtype)
+        transformer = call.pipe.transformer
+        scheduler = call.pipe.scheduler
+        masked = call.regions.kwargs(grid, latents.device, transformer.dtype)
         for i, t in enumerate(timesteps):
-            _check_cancel(cancel)
-            velocity = self._velocity(transformer, latents, ids, t, positive, masked)
-            if negative is not None:
-                unconditional = self._velocity(transformer, latents, ids, t, negative, None)
-                velocity = unconditional + params.cfg * (velocity - unconditional)
+            _check_cancel(call.cancel)
+            velocity = self._velocity(transformer, latents, ids, t, call.positive, masked)
+            if call.negative is not None:
+                # True CFG; the unconditional pass is plain attention (no regions).
+                unconditional = self._velocity(transformer, latents, ids, t, call.negative, None)
+                velocity = unconditional + call.cfg * (velocity - unconditional)
             index = scheduler.step_index if scheduler.step_index is not None else scheduler.begin_index
             sigma = scheduler.sigmas[index or 0]
             estimate = latents - sigma.to(latents.device) * velocity  # the clean image, for previews
             latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
-            _check_cancel(cancel)
-            if on_step is not None:
+            _check_cancel(call.cancel)
+            if call.on_step is not None:
                 preview = None
                 if self.preview_every > 0 and (i + 1) % self.preview_every == 0:
-                    preview = self._decode(pipe, estimate, grid)
-                on_step(Step(index=i + 1, total=len(timesteps), preview=preview, phase=phase))
+                    preview = self._decode(call.pipe, estimate, grid)
+                call.on_step(Step(index=i + 1, total=len(timesteps), preview=preview, phase=phase))
         return latents
 
     @staticmethod
@@ -479,7 +504,9 @@ class Flux2RegionalRenderer:
         """The VAE's latent batch-norm statistics, which klein's latents are normalised by."""
         bn = pipe.vae.bn
         mean = bn.running_mean.view(1, -1, 1, 1).to(like.device, like.dtype)
-        std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps).to(like.device, like.dtype)
+        std = torch.sqrt(bn.running_var.view(1, -1, 1, 1) + pipe.vae.config.batch_norm_eps).to(
+            like.device, like.dtype
+        )
         return mean, std
 
     def _decode(self, pipe: Any, latents: torch.Tensor, grid: tuple[int, int]) -> Image.Image:
