@@ -471,3 +471,34 @@ def test_download_and_doctor_name_the_family(
     config.write_text(f'[render]\nmodel = "{model_dir}"\n', encoding="utf-8")
     assert main(["doctor", "-c", str(config)]) == 0
     assert "(flux2-klein)" in capsys.readouterr().out
+
+
+# --- the engine -------------------------------------------------------------------------------
+
+
+async def test_the_engine_draws_and_cancels_with_it(
+    renderer: Flux2RegionalRenderer, seed_canvas: Any
+) -> None:
+    from omost_engine.engine import Engine
+    from omost_engine.jobs import Cancelled, Finished, RenderJob
+    from omost_engine.jobs import Step as StepEvent
+    from tests.fakes.fake_backends import FakeLLM
+
+    engine = Engine(FakeLLM(), renderer)
+    await engine.start()
+    try:
+        events = [
+            e
+            async for e in engine.submit(RenderJob(owner="alice", canvas=seed_canvas, params=SMALL)).events()
+        ]
+        assert [e.index for e in events if isinstance(e, StepEvent)] == [1, 2]
+        finished = events[-1]
+        assert isinstance(finished, Finished) and finished.result.image.size == (64, 64)
+        long = RenderParams(width=64, height=64, steps=50, cfg=1.0)
+        handle = engine.submit(RenderJob(owner="alice", canvas=seed_canvas, params=long))
+        async for event in handle.events():
+            if isinstance(event, StepEvent) and event.index == 1:
+                handle.cancel()
+        assert isinstance(handle.terminal, Cancelled)
+    finally:
+        await engine.stop(grace_s=5)
