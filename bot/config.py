@@ -191,8 +191,7 @@ class LLMConfig(_Section):
 
 
 class RenderConfig(_Section):
-    # "auto" reads the model folder's pipeline class (omost_engine.render.factory.detect_family).
-    family: Literal["auto", "sdxl", "flux2-klein"] = "auto"
+    family: Literal["auto", "sdxl", "flux2-klein"] = "auto"  # auto: the folder's model_index.json
     model: str = "SG161222/RealVisXL_V4.0"
     width: Annotated[int, Field(ge=64, le=4096)] = 896
     height: Annotated[int, Field(ge=64, le=4096)] = 1152
@@ -201,8 +200,7 @@ class RenderConfig(_Section):
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     hires_scale: Annotated[float, Field(ge=1.0, le=2.0)] = 1.0
     memory: Literal["auto", "resident", "offload"] = "auto"
-    # flux2-klein only: the transformer and text encoder in bitsandbytes NF4 (fits 8 GB cards).
-    quantize: Literal["none", "4bit"] = "none"
+    quantize: Literal["none", "4bit"] = "none"  # flux2-klein: NF4 transformer + text encoder
     device: Device = "auto"
 
     _sizes = field_validator("width", "height")(_multiple_of_64)
@@ -211,9 +209,7 @@ class RenderConfig(_Section):
     @model_validator(mode="after")
     def _quantize_needs_flux(self) -> RenderConfig:
         if self.quantize != "none" and self.family == "sdxl":
-            raise PydanticCustomError(
-                "config_key", 'is only available with family = "flux2-klein" (or "auto")', {"key": "quantize"}
-            )
+            raise PydanticCustomError("config_key", 'needs family = "flux2-klein"', {"key": "quantize"})
         return self
 
     @field_validator("model")

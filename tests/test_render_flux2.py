@@ -502,3 +502,17 @@ async def test_the_engine_draws_and_cancels_with_it(
         assert isinstance(handle.terminal, Cancelled)
     finally:
         await engine.stop(grace_s=5)
+
+
+def test_config_knows_the_family_and_4bit(tmp_path: Path) -> None:
+    from bot.config import ConfigError, parse_config
+
+    config = parse_config(
+        '[render]\nfamily = "flux2-klein"\nmodel = "black-forest-labs/FLUX.2-klein-4B"\nquantize = "4bit"\n'
+    )
+    assert (config.render.family, config.render.quantize) == ("flux2-klein", "4bit")
+    assert parse_config("").render.family == "auto"
+    with pytest.raises(ConfigError, match=r"render\.family"):
+        parse_config('[render]\nfamily = "flux3"\n')
+    with pytest.raises(ConfigError, match=r"render\.quantize: needs family"):
+        parse_config('[render]\nfamily = "sdxl"\nquantize = "4bit"\n')

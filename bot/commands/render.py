@@ -85,6 +85,15 @@ class _ProgressBar:
             self.bar = None
 
 
+def _renderer(args: argparse.Namespace) -> Any:
+    from omost_engine.render.factory import make_renderer
+
+    quantize = None if args.quantize == "none" else args.quantize
+    return make_renderer(
+        args.family, args.model, device=args.device, memory=args.memory, quantize=quantize, preview_every=0
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from bot.commands.canvas_input import BadInput, read_canvas
     from omost_engine.render.base import InvalidRenderParams, RenderParams, check_params
@@ -115,19 +124,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     from omost_engine.errors import EngineError
-    from omost_engine.render.factory import make_renderer
     from omost_engine.render.metadata import save_png
 
     out = Path(args.output)
     try:
-        renderer = make_renderer(
-            args.family,
-            args.model,
-            device=args.device,
-            memory=args.memory,
-            quantize=None if args.quantize == "none" else args.quantize,
-            preview_every=0,
-        )
+        renderer = _renderer(args)
     except ValueError as e:  # an unknown pipeline class, 4-bit without a GPU or with SDXL
         print(f"error: {e}", file=sys.stderr)
         return 2
