@@ -193,6 +193,7 @@ class LLMConfig(_Section):
 
 
 class RenderConfig(_Section):
+    family: Literal["auto", "sdxl", "flux2-klein"] = "auto"  # auto: the folder's model_index.json
     model: str = "SG161222/RealVisXL_V4.0"
     # the renderer's own limits (omost_engine.render.base), so the config, the chat's /settings
     # and the renderer agree on what is allowed
@@ -203,10 +204,17 @@ class RenderConfig(_Section):
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     hires_scale: Annotated[float, Field(ge=HIRES_SCALE_RANGE[0], le=HIRES_SCALE_RANGE[1])] = 1.0
     memory: Literal["auto", "resident", "offload"] = "auto"
+    quantize: Literal["none", "4bit"] = "none"  # flux2-klein: NF4 transformer + text encoder
     device: Device = "auto"
 
     _sizes = field_validator("width", "height")(_multiple_of_64)
     _finite_floats = field_validator("cfg", "hires_scale")(_finite)
+
+    @model_validator(mode="after")
+    def _quantize_needs_flux(self) -> RenderConfig:
+        if self.quantize != "none" and self.family == "sdxl":
+            raise PydanticCustomError("config_key", 'needs family = "flux2-klein"', {"key": "quantize"})
+        return self
 
     @field_validator("model")
     @classmethod

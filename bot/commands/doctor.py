@@ -57,6 +57,18 @@ def _weights(model: str) -> dict[str, Any]:
     }
 
 
+def _family(render: Any) -> dict[str, Any]:
+    """The renderer family in force: the configured one, or what "auto" finds in model_index.json."""
+    from omost_engine.render.factory import UnknownModelFamily, detect_family
+
+    if render.family != "auto":
+        return {"family": render.family}
+    try:
+        return {"family": detect_family(render.model)}
+    except UnknownModelFamily as e:
+        return {"family": None, "family_error": str(e)}
+
+
 def report(config: Any) -> dict[str, Any]:
     tokens = {}
     for key in ("telegram.token_env", "discord.token_env", "llm.api_key_env"):
@@ -71,7 +83,10 @@ def report(config: Any) -> dict[str, Any]:
     return {
         "config": config.source,
         "gpu": _gpu(),
-        "weights": {"llm": llm_weights, "render": _weights(config.render.model)},
+        "weights": {
+            "llm": llm_weights,
+            "render": {**_weights(config.render.model), **_family(config.render)},
+        },
         "tokens": tokens,
         "platforms": {"telegram": config.telegram.enabled, "discord": config.discord.enabled},
         "settings": json.loads(config.model_dump_json()),
@@ -94,7 +109,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"gpu:      none ({gpu['note']})")
     for name, w in data["weights"].items():
         state = "ok" if w["present"] else ("remote" if w["present"] is None else "MISSING")
-        print(f"{name + ':':9} {w['model']} [{state}] {w['where']}")
+        family = f" ({w['family']})" if w.get("family") else ""
+        print(f"{name + ':':9} {w['model']}{family} [{state}] {w['where']}")
+        if w.get("family_error"):
+            print(f"          {w['family_error']}")
     for key, t in data["tokens"].items():
         print(f"token:    {key} -> ${t['variable']} {'set' if t['set'] else 'NOT SET'}")
     enabled = [p for p, on in data["platforms"].items() if on] or ["terminal chat only"]

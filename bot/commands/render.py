@@ -1,4 +1,7 @@
-"""`omost-bot render FILE -o OUT.png`: canvas code -> an image with the regional SDXL renderer.
+"""`omost-bot render FILE -o OUT.png`: canvas code -> an image with a regional renderer.
+
+`--family` picks SDXL or FLUX.2 [klein] (default "auto": read from the model's model_index.json,
+`omost_engine.render.factory.make_renderer`).
 
 FILE is a model answer or bare canvas code (`-` reads stdin). Bad input (a canvas that does not
 parse, a size that is not a multiple of 64) exits 2 with the reason and writes nothing; a missing
@@ -15,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-HELP = "render canvas code to a PNG with the regional SDXL renderer (needs the image model)"
+HELP = "render canvas code to a PNG with the regional SDXL or FLUX.2 renderer (needs the image model)"
 DEFAULT_MODEL = "SG161222/RealVisXL_V4.0"  # omost_engine.render.pipeline.DEFAULT_MODEL, without torch
 
 
@@ -26,6 +29,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model",
         default=DEFAULT_MODEL,
         help=f"hub id, local diffusers folder or single .safetensors file (default {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--family",
+        choices=("auto", "sdxl", "flux2-klein"),
+        default="auto",
+        help="image model family; auto reads the model folder's pipeline class (default auto)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=("none", "4bit"),
+        default="none",
+        help="flux2-klein on a CUDA GPU: the transformer and text encoder in 4-bit (default none)",
     )
     parser.add_argument("--seed", type=int, default=12345, help="random seed (default 12345)")
     parser.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
@@ -70,6 +85,15 @@ class _ProgressBar:
             self.bar = None
 
 
+def _renderer(args: argparse.Namespace) -> Any:
+    from omost_engine.render.factory import make_renderer
+
+    quantize = None if args.quantize == "none" else args.quantize
+    return make_renderer(
+        args.family, args.model, device=args.device, memory=args.memory, quantize=quantize, preview_every=0
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     from bot.commands.canvas_input import BadInput, read_canvas
     from omost_engine.render.base import InvalidRenderParams, RenderParams, check_params
@@ -101,10 +125,13 @@ def run(args: argparse.Namespace) -> int:
 
     from omost_engine.errors import EngineError
     from omost_engine.render.metadata import save_png
-    from omost_engine.render.pipeline import SDXLRegionalRenderer
 
     out = Path(args.output)
-    renderer = SDXLRegionalRenderer(args.model, device=args.device, memory=args.memory, preview_every=0)
+    try:
+        renderer = _renderer(args)
+    except ValueError as e:  # an unknown pipeline class, 4-bit without a GPU or with SDXL
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     progress = _ProgressBar()
     try:
         result = renderer.render(canvas, params, on_step=progress)
