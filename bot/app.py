@@ -56,12 +56,18 @@ def build_llm(config: Config) -> LLMBackend:
 
 
 def build_renderer(config: Config) -> Renderer:
-    from omost_engine.render.pipeline import SDXLRegionalRenderer
+    """The renderer of the configured family (SDXL or FLUX.2 [klein]); the rest of the bot sees only
+    the Renderer interface."""
+    from omost_engine.render.factory import make_renderer
 
     render = config.render
-    memory = "resident" if render.memory == "auto" else render.memory
-    device = None if render.device == "auto" else render.device
-    return SDXLRegionalRenderer(render.model, device=device, memory=memory)
+    return make_renderer(
+        render.family,
+        render.model,
+        device=None if render.device == "auto" else render.device,
+        memory="resident" if render.memory == "auto" else render.memory,
+        quantize=None if render.quantize == "none" else render.quantize,
+    )
 
 
 def swap_models_for(config: Config) -> bool:

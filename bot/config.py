@@ -50,6 +50,11 @@ DEFAULT_NEGATIVE_PROMPT = "lowres, bad anatomy, bad hands, cropped, worst qualit
 """SPEC 5.7."""
 
 DATABASE_FILE = "omost-bot.sqlite3"
+DEFAULT_RENDER_MODELS = {
+    "sdxl": "SG161222/RealVisXL_V4.0",
+    "flux2-klein": "black-forest-labs/FLUX.2-klein-4B",
+}
+"""What `[render] model` is when the config leaves it out, by `family` ("auto" reads as SDXL's)."""
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -194,7 +199,7 @@ class LLMConfig(_Section):
 
 class RenderConfig(_Section):
     family: Literal["auto", "sdxl", "flux2-klein"] = "auto"  # auto: the folder's model_index.json
-    model: str = "SG161222/RealVisXL_V4.0"
+    model: str = DEFAULT_RENDER_MODELS["sdxl"]  # unset: the family's default (DEFAULT_RENDER_MODELS)
     # the renderer's own limits (omost_engine.render.base), so the config, the chat's /settings
     # and the renderer agree on what is allowed
     width: Annotated[int, Field(ge=MIN_SIZE, le=MAX_SIZE)] = 896
@@ -215,6 +220,13 @@ class RenderConfig(_Section):
         if self.quantize != "none" and self.family == "sdxl":
             raise PydanticCustomError("config_key", 'needs family = "flux2-klein"', {"key": "quantize"})
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_default_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "model" not in data and data.get("family") == "flux2-klein":
+            return {**data, "model": DEFAULT_RENDER_MODELS["flux2-klein"]}
+        return data
 
     @field_validator("model")
     @classmethod
