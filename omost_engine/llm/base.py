@@ -61,7 +61,7 @@ class Generation:
 
     @property
     def text(self) -> str:
-        """Everything streamed so far."""
+        """Everything streamed so far (joined when read: read it at the end, not per piece)."""
         if self._joined < len(self._parts):
             self._text = "".join(self._parts)
             self._parts[:] = [self._text]
