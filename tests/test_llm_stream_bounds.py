@@ -66,7 +66,8 @@ def test_cancel_is_honoured_at_once_whatever_the_server_does(server: FakeOpenAIS
     server.faults.append(fault)
     took, pieces = read_until_cancelled(backend(server), cancel_after_s=0.5)
     assert pieces == 1  # the one real token came through
-    assert took < 0.25, f"cancel took {took:.2f} s"
+    # A poll slice is 50 ms; the margin is for a loaded 2-core machine (the idle bound is 30 s).
+    assert took < 0.5, f"cancel took {took:.2f} s"
 
 
 @pytest.mark.parametrize("fault", ["trickle", "stall"])
