@@ -79,7 +79,7 @@ def test_a_server_that_stops_completing_lines_hits_the_idle_bound(
     generation = backend(server, idle_timeout_s=0.6).generate(ASK, PARAMS, threading.Event())
     with pytest.raises(BackendError) as info:
         list(generation)
-    assert 0.55 < time.perf_counter() - began < 1.2
+    assert 0.55 < time.perf_counter() - began < 2.0  # the bound, plus slack for a loaded machine
     assert str(info.value) == (
         "The language model server stopped sending for more than 0.6 s in the middle of the answer, "
         "so it was stopped. Try again in a minute."
@@ -95,7 +95,7 @@ def test_endless_keep_alives_hit_the_total_bound(server: FakeOpenAIServer) -> No
         list(
             backend(server, idle_timeout_s=0.5, total_timeout_s=1.0).generate(ASK, PARAMS, threading.Event())
         )
-    assert 0.95 < time.perf_counter() - began < 1.5
+    assert 0.95 < time.perf_counter() - began < 2.5
 
 
 def test_a_runaway_answer_stops_at_the_parsers_limit(server: FakeOpenAIServer) -> None:
@@ -191,7 +191,7 @@ async def test_another_users_request_starts_soon_while_a_server_trickles(
     if how == "owner cancels":
         hostile.cancel()
     began = await asyncio.wait_for(started_at(other), 5)
-    bound = 0.3 if how == "owner cancels" else 1.0
+    bound = 0.5 if how == "owner cancels" else 1.5  # the idle bound is 1 s; the rest is slack
     assert began - submitted < bound, f"alice waited {began - submitted:.2f} s"
     outcome = await asyncio.wait_for(other.wait(), 10)
     assert isinstance(outcome, Finished) and outcome.result.text == server.reply

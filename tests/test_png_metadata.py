@@ -184,7 +184,7 @@ async def test_hostile_pictures_are_refused_without_stalling_the_loop(
     outcome, lag = await with_loop_lag(read_png_metadata_async(data))
     elapsed = time.perf_counter() - began
     assert isinstance(outcome, PictureRefused) and str(outcome) == message
-    assert lag < 0.05, f"the event loop stalled {lag * 1000:.0f} ms"
+    assert lag < 0.1, f"the event loop stalled {lag * 1000:.0f} ms"  # DESIGN.md: 100 ms
     assert elapsed < 0.5
 
 
@@ -196,7 +196,7 @@ async def test_a_text_bomb_is_refused_after_the_budget(our_chunks: dict[str, str
     outcome, lag = await with_loop_lag(read_png_metadata_async(png))
     assert isinstance(outcome, PictureRefused)
     assert str(outcome) == "The text stored in that picture is too large to read."
-    assert lag < 0.05
+    assert lag < 0.1
 
 
 def test_a_picture_past_the_file_size_limit_is_refused_before_reading() -> None:
@@ -234,6 +234,6 @@ async def test_a_read_that_hangs_is_given_up_within_the_time_bound(tmp_path: Pat
     began = time.perf_counter()
     outcome, lag = await with_loop_lag(read_png_metadata_async(fifo, timeout_s=0.2))
     assert isinstance(outcome, PictureRefused) and str(outcome) == "That picture took too long to read."
-    assert time.perf_counter() - began < 1.0 and lag < 0.05
+    assert time.perf_counter() - began < 1.0 and lag < 0.1
     # Release the worker thread so it ends (it reads an empty "file": not a PNG).
     threading.Thread(target=lambda: fifo.open("wb").close(), daemon=True).start()
