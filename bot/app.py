@@ -40,7 +40,14 @@ def build_llm(config: Config) -> LLMBackend:
 
     llm = config.llm
     if llm.backend == "openai":
-        return create_backend("openai", llm.model, base_url=llm.base_url, api_key_env=llm.api_key_env)
+        return create_backend(
+            "openai",
+            llm.model,
+            base_url=llm.base_url,
+            api_key_env=llm.api_key_env,
+            idle_timeout_s=llm.idle_timeout_s,
+            total_timeout_s=llm.total_timeout_s,
+        )
     # "auto" and "none": load what the repo ships (the Omost repos carry their quantisation config)
     quantize: Literal["4bit", "8bit"] | None = None
     if llm.quantize == "4bit":

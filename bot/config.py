@@ -176,8 +176,12 @@ class LLMConfig(_Section):
     max_new_tokens: Annotated[int, Field(ge=1, le=32768)] = 4096
     quantize: Literal["none", "4bit", "8bit", "auto"] = "auto"
     device: Device = "auto"
+    idle_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    """Remote server only: the longest wait for the answer to start, and then for each line of it."""
+    total_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    """Remote server only: the longest one answer may take, retries included."""
 
-    _finite_temperature = field_validator("temperature", "top_p")(_finite)
+    _finite_numbers = field_validator("temperature", "top_p", "idle_timeout_s", "total_timeout_s")(_finite)
 
     @field_validator("model")
     @classmethod

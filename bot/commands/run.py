@@ -20,12 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from bot.app import App, platform_adapters, wait_for_shutdown_signal
     from bot.commands.chat import chat, load
+    from bot.redact import install_log_redaction, secrets_from_config
 
     config = load(args)
     logging.basicConfig(
         level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # Before anything can log a request URL or a rejected token (issue 13).
+    install_log_redaction(secrets_from_config(config))
     adapters = platform_adapters(config)
     if not adapters:
         return asyncio.run(chat(config))
