@@ -16,7 +16,7 @@ import logging
 import random
 
 from adapters.base import Adapter, ButtonPress, Incoming, Post
-from bot.policy import Policy
+from bot.policy import EMPTY_REQUEST_MESSAGE, Policy, is_blank
 from bot.store import Conversation, LinkRole, Store, Turn, TurnKind, TurnStatus
 from bot.turns.errors import UserError
 from bot.turns.live import owner_key
@@ -157,15 +157,15 @@ class ChatHandler:
     async def _new_turn(self, adapter: Adapter, message: Incoming, owner: str) -> str | None:
         text = message.text.strip()
         conversation, parent = await self.resolver.parent(message)
-        source = canvas_source(message)
+        source = await canvas_source(message)
         code = source.code
         if source.picture is not None:
             parent = await self._picture_turn(message, conversation, parent, owner, source.picture)
             if not text:
                 return "Got it: reply to this message (or just write) to change that picture."
         canvas = self._checked_canvas(code) if code is not None else None
-        if canvas is None and not text:
-            raise UserError("Tell me what to draw, e.g. “a lighthouse in a storm”.")
+        if canvas is None and is_blank(text):  # nothing left once invisible characters are gone
+            raise UserError(f"{EMPTY_REQUEST_MESSAGE[:-1]}, e.g. “a lighthouse in a storm”.")
         settings = await self.book.effective(
             message.platform, message.user, chat_key(message), message.options
         )
@@ -211,8 +211,8 @@ class ChatHandler:
         picture: PictureOfOurs,
     ) -> Turn:
         """A done turn holding one of our pictures the user sent back, to continue from."""
-        self._checked_canvas(picture.code)
-        settings = settings_from_render_params(picture.params)
+        self._checked_canvas(picture.code)  # the same policy checks as the model's canvases
+        settings = settings_from_render_params(picture.params).clamped()
         turn = await self.store.create_turn(
             conversation_id=conversation.id,
             parent_id=parent.id if parent else None,

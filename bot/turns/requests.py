@@ -22,9 +22,10 @@ from bot.turns.settings import SettingsBook
 from omost_engine.canvas import CanvasError
 from omost_engine.canvas_code import find_code
 from omost_engine.render.base import RenderParams
-from omost_engine.render.metadata import read_png_metadata
+from omost_engine.render.metadata import PictureRefused, read_png_metadata_async
 
 MAX_ATTACHMENT_BYTES = 20 * 1024 * 1024
+PICTURE_READ_TIMEOUT_S = 5.0
 
 
 def chat_key(message: Incoming) -> str:
@@ -114,8 +115,9 @@ class CanvasSource:
     picture: PictureOfOurs | None = None
 
 
-def canvas_source(message: Incoming) -> CanvasSource:
-    """What the message gives to draw besides its words (an empty source when nothing)."""
+async def canvas_source(message: Incoming) -> CanvasSource:
+    """What the message gives to draw besides its words (an empty source when nothing). A picture
+    is read off the event loop, from its text chunks only, with a time bound."""
     for attachment in message.attachments:
         if len(attachment.data) > MAX_ATTACHMENT_BYTES:
             raise UserError(f"That file is too large (the limit is {MAX_ATTACHMENT_BYTES // 2**20} MB).")
@@ -127,7 +129,9 @@ def canvas_source(message: Incoming) -> CanvasSource:
                 raise UserError("That file is not UTF-8 text.") from None
         if name.endswith(".png") or attachment.mime == "image/png":
             try:
-                restored = read_png_metadata(attachment.data)
+                restored = await read_png_metadata_async(attachment.data, timeout_s=PICTURE_READ_TIMEOUT_S)
+            except PictureRefused as e:
+                raise UserError(str(e)) from None
             except (CanvasError, OSError, ValueError) as e:
                 raise UserError(f"I couldn't read the canvas in that picture: {e}") from None
             if restored is None:

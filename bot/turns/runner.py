@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 WRITING = "writing the canvas…"
 CANCELLED_BY_USER = "cancelled by the user"
+SOMETHING_WENT_WRONG = "Something went wrong on my side; the bot's admin can find the details in the log."
 
 
 def _eta(seconds: float | None) -> str:
@@ -227,9 +228,9 @@ class TurnRunner:
         except asyncio.CancelledError:
             await self._end_quietly(live, TurnStatus.CANCELLED, "Cancelled.")
             raise
-        except Exception as e:  # the turn fails; the bot goes on
+        except Exception:  # the turn fails; the bot goes on (the detail is for the log only)
             log.exception("turn %s failed", live.id)
-            await self._end_quietly(live, TurnStatus.FAILED, f"Something went wrong: {e}")
+            await self._end_quietly(live, TurnStatus.FAILED, SOMETHING_WENT_WRONG)
         finally:
             flight.answered.set()  # a child waiting on a turn that ended without an answer goes on
             self._flight.pop(live.id, None)

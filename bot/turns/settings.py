@@ -76,6 +76,26 @@ class TurnSettings:
     def from_turn(cls, defaults: TurnSettings, params: Mapping[str, Any], seed: int | None) -> TurnSettings:
         return defaults.merged(params).merged({"seed": seed})
 
+    def clamped(self) -> TurnSettings:
+        """Within what /settings allows (settings read from a file or a picture are untrusted)."""
+
+        def within(value: float, low: float, high: float) -> float:
+            return min(max(value, low), high)
+
+        def size(value: int) -> int:
+            return int(within(value // SIZE_MULTIPLE * SIZE_MULTIPLE, MIN_SIZE, MAX_SIZE))
+
+        seed = None if self.seed is None else int(within(self.seed, 0, MAX_SEED))
+        return replace(
+            self,
+            width=size(self.width),
+            height=size(self.height),
+            steps=int(within(self.steps, 1, MAX_STEPS)),
+            cfg=within(self.cfg, *CFG_RANGE),
+            hires_scale=within(self.hires_scale, *HIRES_SCALE_RANGE),
+            seed=seed,
+        )
+
     @property
     def hires(self) -> bool:
         return self.hires_scale > HIRES_MIN_SCALE
