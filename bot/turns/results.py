@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+from pathlib import Path
 
 from adapters.base import Adapter, Button, ButtonAction, OutFile, Post
 from bot.store import LinkRole, Store, Turn, TurnKind, TurnStatus
@@ -137,14 +138,19 @@ async def post_layout_preview(live: LiveTurn, canvas: Canvas) -> None:
     live.links += [(ref.platform, ref.chat, ref.message_id, LinkRole.PREVIEW) for ref in refs]
 
 
+def _encode_and_write(result: RenderResult, metadata: dict[str, str], path: Path) -> bytes:
+    data = encode_png(result.image, metadata)
+    path.write_bytes(data)
+    return data
+
+
 async def store_result(live: LiveTurn, result: RenderResult, model_name: str) -> bytes:
     """Write the picture (with the canvas and settings in its metadata) and mark the turn done."""
     code = live.turn.canvas_code or ""
     # the renderer's chunks, with the turn's own canvas code and settings taking precedence
     metadata = {**result.metadata, **png_metadata(code, result.params, result.model or model_name)}
-    data = await asyncio.to_thread(encode_png, result.image, metadata)
     path = live.store.new_image_path(live.turn.id)
-    await asyncio.to_thread(path.write_bytes, data)
+    data = await asyncio.to_thread(_encode_and_write, result, metadata, path)
     await live.save(status=TurnStatus.DONE, image_path=path)
     return data
 
