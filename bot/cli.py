@@ -98,7 +98,8 @@ def _load(module_name: str) -> ModuleType:
 def _merge_global_options(args: argparse.Namespace) -> argparse.Namespace:
     for dest, global_dest in GLOBAL_OPTIONS:
         given = getattr(args, dest, None)
-        setattr(args, dest, given or getattr(args, global_dest, None) or (False if dest != "config" else None))
+        fallback = None if dest == "config" else False
+        setattr(args, dest, given or getattr(args, global_dest, None) or fallback)
         if hasattr(args, global_dest):
             delattr(args, global_dest)
     return args

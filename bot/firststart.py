@@ -179,7 +179,8 @@ def offer_download(
         print(line, file=stdout)
     command = download_command(config, missing)
     if os.environ.get("HF_HUB_OFFLINE", "").strip() not in ("", "0"):
-        print(f"HF_HUB_OFFLINE is set, so they cannot be fetched now; later: {shlex.join(command)}", file=stdout)
+        later = shlex.join(command)
+        print(f"HF_HUB_OFFLINE is set, so they cannot be fetched now; later: {later}", file=stdout)
         return False
     stdout.write(f"Fetch them now with `{shlex.join(command)}`? [Y/n] ")
     stdout.flush()

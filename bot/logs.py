@@ -39,7 +39,6 @@ QUIET_ENVIRONMENT = {
 }
 
 
-
 class _Handler(logging.StreamHandler[TextIO]):
     """Our one handler on the root logger; `quiet` remembers whether --verbose/--debug was off."""
 

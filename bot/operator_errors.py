@@ -181,4 +181,3 @@ _EXPLAINERS: tuple[Callable[[BaseException, Config], str | None], ...] = (
     _database,
     _data_dir,
 )
-
