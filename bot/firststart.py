@@ -95,12 +95,15 @@ def download_size(kind: str, model: str) -> int | None:
     return sum(int(s.size or 0) for s in chosen)
 
 
-def missing_weights(config: Config, *, sizes: bool = True) -> list[MissingWeights]:
-    """The configured models that are not on this machine, in the order download fetches them."""
+def missing_weights(
+    config: Config, *, sizes: bool = True, cache_dir: str | None = None
+) -> list[MissingWeights]:
+    """The configured models that are not on this machine, in the order download fetches them
+    (`cache_dir`: the Hugging Face cache to look in; default HF_HOME's)."""
     missing = []
     for kind, model in _configured_models(config):
         if is_hub_id(model):
-            if in_cache(kind, model):
+            if in_cache(kind, model, cache_dir):
                 continue
             size = download_size(kind, model) if sizes else None
             missing.append(MissingWeights(kind, model, size, downloadable=True))
