@@ -1,6 +1,7 @@
 """`omost-bot`: the command line. Each subcommand lives in bot/commands/<name>.py.
 
-A command module exposes `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`.
+A command module exposes `HELP` (one line), `add_arguments(parser)` and `run(args) -> int`, and
+may set `LIBRARY_PROGRESS = True` when the libraries' own progress bars are its output (download).
 Modules are imported only when their command runs, so `omost-bot preview` never loads torch.
 
 Options every command takes, before or after its name (`omost-bot -c x.toml`, `omost-bot render
@@ -119,13 +120,16 @@ def main(argv: Sequence[str] | None = None, *, configure_output: bool | None = N
     """The program. `configure_output` (default: when argv is None, i.e. run as `omost-bot`)
     installs the process-wide logging; code that calls main() with arguments keeps its own."""
     args = parse_args(argv)
+    module = _load(args._module)
     if configure_output if configure_output is not None else argv is None:
         from bot.logs import configure_logging
 
         # The one place output is configured (bot/redact.py's filter goes on this handler too).
-        configure_logging(verbose=args.verbose, debug=args.debug)
+        configure_logging(
+            verbose=args.verbose, debug=args.debug, library_bars=getattr(module, "LIBRARY_PROGRESS", False)
+        )
     try:
-        return int(_load(args._module).run(args))
+        return int(module.run(args))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

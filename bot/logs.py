@@ -81,12 +81,16 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
-def configure_logging(*, verbose: bool = False, debug: bool = False, stream: TextIO | None = None) -> None:
-    """Install the process's one log handler (stderr) and quiet the libraries unless asked not to."""
+def configure_logging(
+    *, verbose: bool = False, debug: bool = False, library_bars: bool = False, stream: TextIO | None = None
+) -> None:
+    """Install the process's one log handler (stderr) and quiet the libraries unless asked not to.
+    `library_bars` keeps the libraries' progress bars (a download's bars are its output)."""
     quiet = not (verbose or debug)
     if quiet:
         for name, value in QUIET_ENVIRONMENT.items():
-            os.environ.setdefault(name, value)
+            if not (library_bars and name == "TQDM_DISABLE"):
+                os.environ.setdefault(name, value)
     handler = _Handler(stream if stream is not None else sys.stderr)
     handler.quiet = quiet
     handler.setLevel(logging.DEBUG if debug else logging.INFO)

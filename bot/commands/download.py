@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 HELP = "fetch the language model and/or SDXL weights into the Hugging Face cache, with progress bars"
+LIBRARY_PROGRESS = True  # huggingface_hub's bars are what this command shows (bot/cli.py)
 
 DEFAULT_LLM_MODEL = "lllyasviel/omost-llama-3-8b-4bits"
 DEFAULT_RENDER_MODEL = "SG161222/RealVisXL_V4.0"
@@ -109,6 +110,8 @@ def _failure(item: Fetch, error: Exception) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bot.firststart import is_hub_id
+
     config = None
     if args.config is not None or Path("config.toml").is_file():
         from bot.commands.chat import load
@@ -118,6 +121,15 @@ def run(args: argparse.Namespace) -> int:
     for item in plan(args, config):
         if Path(item.model).expanduser().is_dir():
             print(f"{item.kind}: {item.model} is a local folder; nothing to download")
+            continue
+        if not is_hub_id(item.model):  # a path that is not there: the hub cannot help
+            flag = "--llm-model" if item.kind == "llm" else "--render-model"
+            print(
+                f"error: {item.model} is neither a folder on this machine nor a hub id (owner/name): "
+                f"fix {item.kind}.model in the config, or pass {flag} ID",
+                file=sys.stderr,
+            )
+            failed += 1
             continue
         print(f"{item.kind}: fetching {item.model}", flush=True)
         try:
