@@ -18,11 +18,15 @@ if TYPE_CHECKING:  # only for annotations: the command must start without loadin
     from omost_engine.render.base import Renderer
 
 HELP = "chat with the bot in this terminal (reads stdin; scriptable)"
+DATA_DIR_HELP = (
+    "where the database and the chat's pictures (images/) and code go "
+    "(default: [data] dir, data/ beside the config file, or here without one)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", type=Path, help="config file (default ./config.toml if present)")
-    parser.add_argument("--data-dir", type=Path, help="override [data] dir")
+    parser.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
 
 
 def load(args: argparse.Namespace) -> Config:

@@ -17,8 +17,14 @@ from pathlib import Path
 HELP = "run the bot on the platforms enabled in the config (the terminal chat when none is)"
 
 
+DATA_DIR_HELP = (
+    "where the database and the pictures (images/) and code go "
+    "(default: [data] dir, data/ beside the config file, or here without one)"
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", type=Path, help="override [data] dir")
+    parser.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
