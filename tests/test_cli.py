@@ -142,6 +142,21 @@ def test_a_damaged_database_is_one_line_naming_the_file(tmp_path: Path) -> None:
     assert database.read_bytes().startswith(b"this is not")  # nothing overwrote it
 
 
+def test_a_data_folder_that_is_a_file_is_one_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    (tmp_path / "data").write_text("not a folder", encoding="utf-8")
+    result = omost(tmp_path, "chat", "-c", str(config))
+    assert_one_line_failure(result, "cannot use the data folder", str(tmp_path / "data"), "data.dir")
+
+
+def test_debug_adds_the_traceback_to_the_same_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path, "[telegram]\nenabled = true\n")
+    result = omost(tmp_path, "--debug", "run", "-c", str(config))
+    assert result.returncode == 2
+    assert "Traceback (most recent call last)" in result.stderr
+    assert len(error_lines(result.stderr)) == 1
+
+
 def test_a_bad_config_is_one_line_before_the_subcommand_too(tmp_path: Path) -> None:
     config = write_config(tmp_path, "[render]\nwidth = 900\n")
     result = omost(tmp_path, "-c", str(config))  # no subcommand: `run`
