@@ -348,3 +348,25 @@ def test_a_default_render_shows_only_our_progress_and_result(tmp_path: Path, see
     assert Image.open(out).size == (64, 64)  # the config's size: render honours -c
     assert not [n for n in LIBRARY_NOISE if n in result.stderr], result.stderr
     assert "base:" in result.stderr and f"wrote {out}" in result.stderr
+
+
+async def test_an_unreachable_discord_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real discord.py against a closed loopback port (the config has no Discord URL to point
+    a subprocess at, so this runs the adapter's start inside the CLI's boundary in process)."""
+    import discord
+
+    from adapters.discord_bot import DiscordAdapter
+    from bot.operator_errors import OperatorError, operator_failures
+
+    monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{closed_port()}/api/v10")
+    monkeypatch.setenv("DISCORD_BOT_TOKEN", "not-a-real-token")
+    config = parse_config(f'[data]\ndir = "{tmp_path}"\n[discord]\nenabled = true\n', source="bot.toml")
+    adapter = DiscordAdapter.from_config(config)
+    try:
+        with pytest.raises(OperatorError) as info, operator_failures(config):
+            await adapter.start(handler=None)  # type: ignore[arg-type]  # fails before any event
+    finally:
+        await adapter.stop()
+    message = str(info.value)
+    assert message.startswith("cannot reach Discord") and "\n" not in message
+    assert "not-a-real-token" not in message

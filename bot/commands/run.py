@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         adapters = platform_adapters(config)
     if not adapters:
         return run_chat(config)
-    check_weights_at_start(config, interactive=False)  # a service: print the command, carry on
+    check_weights_at_start(config)  # offered in a terminal; a service (no tty) gets the command once
 
     async def main() -> int:
         async with App(config, adapters=adapters):
