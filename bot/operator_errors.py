@@ -23,6 +23,7 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from adapters.base import PlatformStartError
 from bot.config import Config, ConfigError
 
 
@@ -134,7 +135,7 @@ def _discord(error: BaseException, config: Config) -> str | None:
         )
     if isinstance(error, aiohttp.ClientError | discord.GatewayNotFound | discord.ConnectionClosed):
         return f"cannot reach Discord ({_detail(error)}): check this machine's network or proxy"
-    if isinstance(error, TimeoutError) and "Discord" in str(error):
+    if isinstance(error, PlatformStartError) and error.platform == "discord":
         return f"{_detail(error)}: check this machine's network, or Discord's status page"
     return None
 
