@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 from PIL import Image
 
@@ -19,10 +19,19 @@ from omost_engine.errors import EngineError
 
 DEFAULT_NEGATIVE_PROMPT = "lowres, bad anatomy, bad hands, cropped, worst quality"
 
+PooledEmbedding = Literal["omost", "sdxl"]
+"""SPEC 5.6: "omost" feeds text_encoder_2's un-projected pooler output (Omost's app, the default:
+same canvas and seed, same picture); "sdxl" its projected `text_embeds` (standard SDXL)."""
+POOLED_EMBEDDINGS: tuple[str, ...] = get_args(PooledEmbedding)
+
 
 @dataclass(frozen=True)
 class RenderParams:
-    """SPEC 6 defaults: 896 wide x 1152 high, 25 steps, CFG 5, seed 12345, hires off."""
+    """SPEC 6 defaults: 896 wide x 1152 high, 25 steps, CFG 5, seed 12345, hires off.
+
+    `hires_steps` and `hires_denoise` follow Omost's high-resolution fix (20 and 0.4 by default;
+    see `hires_schedule`); `pooled` chooses the pooled text embedding (SPEC 5.6).
+    """
 
     width: int = 896
     height: int = 1152
@@ -33,6 +42,7 @@ class RenderParams:
     hires_scale: float = 1.0
     hires_steps: int = 20
     hires_denoise: float = 0.4
+    pooled: PooledEmbedding = "omost"
 
 
 SIZE_MULTIPLE = 64
@@ -40,6 +50,8 @@ MIN_SIZE, MAX_SIZE = 64, 2048
 HIRES_SCALE_RANGE = (1.0, 2.0)
 HIRES_MIN_SCALE = 1.05
 """SPEC 6: the high-resolution fix runs when the scale is above this."""
+MAX_HIRES_SCHEDULE = 1000
+"""The hires schedule cannot be longer than the model's 1000 training timesteps."""
 
 
 class InvalidRenderParams(EngineError, ValueError):
@@ -67,6 +79,15 @@ def check_params(params: RenderParams) -> None:
         raise InvalidRenderParams(f"hires steps must be between 1 and 150; got {params.hires_steps}")
     if not 0.0 < params.hires_denoise <= 1.0:
         raise InvalidRenderParams(f"hires denoise must be in (0, 1]; got {params.hires_denoise}")
+    if int(params.hires_steps / params.hires_denoise) > MAX_HIRES_SCHEDULE:
+        raise InvalidRenderParams(
+            f"hires steps / hires denoise must be at most {MAX_HIRES_SCHEDULE}; got "
+            f"{params.hires_steps} / {params.hires_denoise}"
+        )
+    if params.pooled not in POOLED_EMBEDDINGS:
+        raise InvalidRenderParams(
+            f"pooled must be one of {', '.join(POOLED_EMBEDDINGS)}; got {params.pooled!r}"
+        )
 
 
 def hires_size(params: RenderParams) -> tuple[int, int] | None:
@@ -78,6 +99,18 @@ def hires_size(params: RenderParams) -> tuple[int, int] | None:
         round(params.width * s / SIZE_MULTIPLE) * SIZE_MULTIPLE,
         round(params.height * s / SIZE_MULTIPLE) * SIZE_MULTIPLE,
     )
+
+
+def hires_schedule(steps: int, denoise: float) -> tuple[int, int]:
+    """Omost's high-resolution fix schedule: (length of the Karras schedule, steps run from its end).
+
+    Omost builds the Karras schedule of int(steps / denoise) steps and runs its last `steps`
+    (steps + 1 sigmas), so the pass starts at that schedule's sigma number int(steps / denoise) -
+    steps. (diffusers' img2img with round(steps / denoise) and `strength` lands there only for
+    some settings.)
+    """
+    total = int(steps / denoise)
+    return total, min(steps, total)
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,15 @@
    the same components;
 5. decode with the VAE in bfloat16 (SDXL's VAE overflows in fp16).
 
+Omost fidelity (issue 12, `sampling.py`): the seed's noise is drawn on the render device, the base
+pass starts from Omost's initial latent, the hires pass runs Omost's schedule, images are
+converted to 8 bits by truncation, and the pooled embedding is Omost's unless `pooled="sdxl"`.
+With the defaults a canvas and a seed give the latents of Omost's own pipeline (same device and
+dtype, up to float rounding), through the stock pipeline and scheduler.
+
 Progress goes to `on_step` after every denoising step (with a cheap latent preview), and a set
 `cancel` event raises `errors.Interrupted` from the step callback, so a render stops within one step.
-The seed drives a CPU generator, so the same seed and settings give the same image.
+The same seed and settings give the same image on the same device.
 
 Memory modes: "resident" keeps the pipeline on the device; "offload" uses diffusers' model CPU
 offload (one component on the GPU at a time) plus VAE tiling, for small GPUs.
@@ -34,6 +40,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -52,6 +59,15 @@ from omost_engine.render.base import (
 from omost_engine.render.encoding import Conditions, PromptEncoder
 from omost_engine.render.latent_preview import latent_to_rgb
 from omost_engine.render.metadata import png_metadata
+from omost_engine.render.sampling import (
+    draw_noise,
+    first_sigma,
+    from_pixels,
+    img2img_arguments,
+    initial_latents,
+    seeded_generator,
+    to_pixels,
+)
 
 DEFAULT_MODEL = "SG161222/RealVisXL_V4.0"
 MemoryMode = Literal["resident", "offload"]
@@ -293,6 +309,19 @@ class SDXLRegionalRenderer:
             metadata=png_metadata(to_code(canvas), params, self.name),
         )
 
+    def render_latents(
+        self,
+        canvas: Canvas,
+        params: RenderParams,
+        *,
+        on_step: StepCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> torch.Tensor:
+        """The final latents of a render, before the VAE decode (for comparisons and benchmarks)."""
+        check_params(params)
+        with self._lock:
+            return self._render_latents(canvas, params, on_step, cancel)
+
     def _render(
         self,
         canvas: Canvas,
@@ -300,39 +329,64 @@ class SDXLRegionalRenderer:
         on_step: StepCallback | None,
         cancel: threading.Event | None,
     ) -> Image.Image:
+        latents = self._render_latents(canvas, params, on_step, cancel)
+        _check_cancel(cancel)
+        return self._decode(self._pipe, latents)
+
+    def _render_latents(
+        self,
+        canvas: Canvas,
+        params: RenderParams,
+        on_step: StepCallback | None,
+        cancel: threading.Event | None,
+    ) -> torch.Tensor:
         _check_cancel(cancel)
         pipe = self._ensure_loaded()
         assert self._encoder is not None
         device = pipe._execution_device
+        # 1. encode (SPEC 5; the pooled embedding as chosen, Omost's by default)
         layout = process(canvas)
-        conditions = self._encoder.encode_layout(layout, params.negative_prompt, device)
+        conditions = self._encoder.encode_layout(layout, params.negative_prompt, device, params.pooled)
         _check_cancel(cancel)
-        generator = torch.Generator("cpu").manual_seed(params.seed)
-
+        # 2. the seed's noise on the render device, scaled to Omost's first latent
+        generator = seeded_generator(params.seed, device)
+        factor = pipe.vae_scale_factor
+        shape = (1, pipe.unet.config.in_channels, params.height // factor, params.width // factor)
+        noise = draw_noise(shape, generator, pipe.unet.dtype)
+        start = initial_latents(noise, first_sigma(pipe.scheduler, params.steps))
+        # 3. the base pass
         latents = self._denoise(
-            pipe, conditions, params.width, params.height, params, generator, on_step, cancel, "base"
+            pipe,
+            conditions,
+            params.width,
+            params.height,
+            params,
+            generator,
+            on_step,
+            cancel,
+            "base",
+            start_latents=start,
         )
         size = hires_size(params)
-        if size is not None:
-            _check_cancel(cancel)
-            image = self._decode(pipe, latents)
-            image = image.resize(size, Image.Resampling.LANCZOS)
-            latents = self._encode_image(pipe, image)
-            _check_cancel(cancel)
-            latents = self._denoise(
-                self._img2img_pipeline(),
-                conditions,
-                size[0],
-                size[1],
-                params,
-                generator,
-                on_step,
-                cancel,
-                "hires",
-                init_latents=latents,
-            )
+        if size is None:
+            return latents
+        # 4. the high-resolution fix: decode, Lanczos, re-encode, then Omost's hires schedule
         _check_cancel(cancel)
-        return self._decode(pipe, latents)
+        image = self._decode(pipe, latents).resize(size, Image.Resampling.LANCZOS)
+        latents = self._encode_image(pipe, image)
+        _check_cancel(cancel)
+        return self._denoise(
+            self._img2img_pipeline(),
+            conditions,
+            size[0],
+            size[1],
+            params,
+            generator,
+            on_step,
+            cancel,
+            "hires",
+            init_latents=latents,
+        )
 
     def _img2img_pipeline(self) -> Any:
         if self._img2img is None:
@@ -367,6 +421,7 @@ class SDXLRegionalRenderer:
         cancel: threading.Event | None,
         phase: str,
         init_latents: torch.Tensor | None = None,
+        start_latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
         unet = pipe.unet
         dtype = unet.dtype
@@ -399,17 +454,18 @@ class SDXLRegionalRenderer:
             callback_on_step_end_tensor_inputs=["latents"],
         )
         if init_latents is None:
-            out = pipe(width=width, height=height, num_inference_steps=params.steps, **common)
-        else:
-            # SPEC 6: denoise 0.4 "over 20 steps": the Karras schedule of steps / denoise, of which
-            # diffusers' strength runs the last `hires_steps` (the reference's own arrangement).
-            total = max(params.hires_steps, round(params.hires_steps / params.hires_denoise))
             out = pipe(
-                image=init_latents,
-                strength=params.hires_denoise,
-                num_inference_steps=total,
+                width=width,
+                height=height,
+                num_inference_steps=params.steps,
+                latents=start_latents,
                 **common,
             )
+        else:
+            # Omost's hires schedule: the last hires_steps of the Karras schedule of
+            # int(hires_steps / hires_denoise) steps (sampling.img2img_arguments).
+            total, strength = img2img_arguments(params.hires_steps, params.hires_denoise)
+            out = pipe(image=init_latents, strength=strength, num_inference_steps=total, **common)
         latents: torch.Tensor = out.images
         return latents
 
@@ -442,14 +498,14 @@ class SDXLRegionalRenderer:
         else:
             latents = latents / config.scaling_factor
         decoded = vae.decode(latents.to(pipe._execution_device), return_dict=False)[0]
-        images: list[Image.Image] = pipe.image_processor.postprocess(decoded.float(), output_type="pil")
-        return images[0]
+        return Image.fromarray(to_pixels(decoded), mode="RGB")  # Omost's truncating conversion
 
     @torch.no_grad()
     def _encode_image(self, pipe: Any, image: Image.Image) -> torch.Tensor:
         """SPEC 6: VAE-encode, the distribution's mode times the scaling factor."""
         vae = pipe.vae
-        pixels = pipe.image_processor.preprocess(image).to(pipe._execution_device, dtype=vae.dtype)
+        pixels = from_pixels(np.asarray(image.convert("RGB")))
+        pixels = pixels.to(pipe._execution_device, dtype=vae.dtype)
         latents = vae.encode(pixels).latent_dist.mode()
         config = vae.config
         mean = getattr(config, "latents_mean", None)
