@@ -23,7 +23,7 @@ from PIL import Image, PngImagePlugin
 
 from omost_engine.canvas import Canvas
 from omost_engine.canvas_code import parse
-from omost_engine.render.base import RenderParams
+from omost_engine.render.base import POOLED_EMBEDDINGS, RenderParams
 
 PREFIX = "omost:"
 CANVAS_KEY = PREFIX + "canvas"
@@ -127,6 +127,12 @@ def read_png_metadata(source: bytes | Path | Image.Image) -> RestoredRender | No
             params = replace(params, negative_prompt=negative)
         else:
             ignored.append("negative_prompt")
+    pooled = text.get(PREFIX + "pooled")
+    if pooled is not None:
+        if pooled in POOLED_EMBEDDINGS:
+            params = replace(params, pooled=pooled)
+        else:
+            ignored.append("pooled")
     model = text.get(MODEL_KEY)
     if model is not None and not (isinstance(model, str) and len(model) <= MAX_TEXT):
         ignored.append("model")
