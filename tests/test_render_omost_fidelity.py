@@ -300,3 +300,22 @@ def test_on_a_gpu_the_noise_is_drawn_by_a_cuda_generator(tmp_path: Path, canvas:
     expected = noise * sigma0 / (sigma0**2 + 1) ** 0.5
     assert torch.allclose(seen[0][:1].float(), expected.float(), atol=1e-2)
     renderer.close()
+
+
+def test_the_render_cli_honours_hires_steps_denoise_and_pooled(
+    renderer: SDXLRegionalRenderer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bot.cli import main
+
+    source = tmp_path / "seed.txt"
+    source.write_text(seed_answers()[0], encoding="utf-8")
+    out = tmp_path / "out.png"
+    argv = ["render", str(source), "-o", str(out), "--model", renderer.name, "--device", "cpu"]
+    argv += ["--width", "64", "--height", "64", "--steps", "1", "--hires-scale", "1.5"]
+    assert main([*argv, "--hires-steps", "2", "--hires-denoise", "0.3", "--pooled", "sdxl"]) == 0
+    restored = read_png_metadata(out)
+    assert restored is not None
+    assert (restored.params.hires_steps, restored.params.hires_denoise) == (2, 0.3)
+    assert restored.params.pooled == "sdxl"
+    assert Image.open(out).size == (128, 128)
+    capsys.readouterr()

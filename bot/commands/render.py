@@ -38,6 +38,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="high-resolution fix scale, 1.0-2.0; on above 1.05 (default 1.0: off)",
     )
+    parser.add_argument(
+        "--hires-steps", type=int, default=20, help="high-resolution fix steps, as in Omost (default 20)"
+    )
+    parser.add_argument(
+        "--hires-denoise",
+        type=float,
+        default=0.4,
+        help="high-resolution fix denoise, 0.1-1.0, as in Omost (default 0.4)",
+    )
+    parser.add_argument(
+        "--pooled",
+        choices=("omost", "sdxl"),
+        default="omost",
+        help="pooled text embedding: Omost's (default) or standard SDXL's projected one",
+    )
     parser.add_argument("--negative", default=None, help="negative prompt (default: SPEC's)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda, cuda:1, cpu (default: auto)")
     parser.add_argument(
@@ -89,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         cfg=args.cfg,
         seed=args.seed,
         hires_scale=args.hires_scale,
+        hires_steps=args.hires_steps,
+        hires_denoise=args.hires_denoise,
+        pooled=args.pooled,
     )
     if args.negative is not None:
         settings["negative_prompt"] = args.negative
