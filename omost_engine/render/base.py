@@ -14,8 +14,9 @@ from typing import Literal, Protocol, get_args
 
 from PIL import Image
 
-from omost_engine.canvas import Canvas
+from omost_engine.canvas import GRID, Canvas
 from omost_engine.errors import EngineError
+from omost_engine.render.edit_plan import EditSpec
 
 DEFAULT_NEGATIVE_PROMPT = "lowres, bad anatomy, bad hands, cropped, worst quality"
 
@@ -31,6 +32,10 @@ class RenderParams:
 
     `hires_steps` and `hires_denoise` follow Omost's high-resolution fix (20 and 0.4 by default;
     see `hires_schedule`); `pooled` chooses the pooled text embedding (SPEC 5.6).
+
+    `frame_zoom` draws the canvas's boxes scaled by 1 / frame_zoom about the centre (a zoomed-out
+    picture's framing, kept by every later render of it); `edit` makes the render an edit of a
+    parent picture (`edit_plan.EditSpec`: inpaint changed regions, vary one, zoom out).
     """
 
     width: int = 896
@@ -43,6 +48,8 @@ class RenderParams:
     hires_steps: int = 20
     hires_denoise: float = 0.4
     pooled: PooledEmbedding = "omost"
+    frame_zoom: float = 1.0
+    edit: EditSpec | None = None
 
 
 SIZE_MULTIPLE = 64
@@ -50,6 +57,8 @@ MIN_SIZE, MAX_SIZE = 64, 2048
 HIRES_SCALE_RANGE = (1.0, 2.0)
 HIRES_MIN_SCALE = 1.05
 """SPEC 6: the high-resolution fix runs when the scale is above this."""
+MAX_FRAME_ZOOM = 8.0
+"""A picture may be zoomed out (in total) at most this far: its boxes stay a few grid cells wide."""
 MAX_HIRES_SCHEDULE = 1000
 """The hires schedule cannot be longer than the model's 1000 training timesteps."""
 
@@ -84,10 +93,33 @@ def check_params(params: RenderParams) -> None:
             f"hires steps / hires denoise must be at most {MAX_HIRES_SCHEDULE}; got "
             f"{params.hires_steps} / {params.hires_denoise}"
         )
+    if not 1.0 <= params.frame_zoom <= MAX_FRAME_ZOOM:
+        raise InvalidRenderParams(
+            f"frame zoom must be between 1 and {MAX_FRAME_ZOOM}; got {params.frame_zoom}"
+        )
+    if params.edit is not None:
+        _check_edit(params.edit)
     if params.pooled not in POOLED_EMBEDDINGS:
         raise InvalidRenderParams(
             f"pooled must be one of {', '.join(POOLED_EMBEDDINGS)}; got {params.pooled!r}"
         )
+
+
+def _check_edit(edit: EditSpec) -> None:
+    if edit.kind not in ("inpaint", "vary", "zoom_out"):
+        raise InvalidRenderParams(f"edit kind must be inpaint, vary or zoom_out; got {edit.kind!r}")
+    if edit.margin < 0 or edit.feather < 0:
+        raise InvalidRenderParams("edit margin and feather must not be negative")
+    if edit.kind == "zoom_out" and not 1.0 < edit.zoom <= MAX_FRAME_ZOOM:
+        raise InvalidRenderParams(f"zoom must be above 1 and at most {MAX_FRAME_ZOOM}; got {edit.zoom}")
+    if edit.kind != "zoom_out" and not edit.boxes:
+        raise InvalidRenderParams("an inpaint or vary edit needs at least one box to redraw")
+    for box in edit.boxes:
+        top, bottom, left, right = box
+        if not (0 <= top < bottom <= GRID and 0 <= left < right <= GRID):
+            raise InvalidRenderParams(f"edit box {box} is not inside the {GRID} x {GRID} grid")
+    if edit.crop not in ("auto", "always", "never"):
+        raise InvalidRenderParams(f"edit crop must be auto, always or never; got {edit.crop!r}")
 
 
 def hires_size(params: RenderParams) -> tuple[int, int] | None:
@@ -120,7 +152,7 @@ class Step:
     index: int
     total: int
     preview: Image.Image | None = None
-    phase: str = "base"  # "base" or "hires"
+    phase: str = "base"  # "base", "hires" or "edit"
 
 
 StepCallback = Callable[[Step], None]

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -76,6 +76,22 @@ class Conditions:
     def positive(self) -> torch.Tensor:
         """(1, T, D): every region's tokens, in region order."""
         return torch.cat([r.embeds for r in self.regions], dim=1)
+
+    def with_boxes(self, boxes: Sequence[Box | None]) -> Conditions:
+        """The same conditions drawn in other boxes (one per region; None drops that region).
+
+        Used for a zoomed frame and for a crop: the text is unchanged, only where it applies moves.
+        """
+        if len(boxes) != len(self.regions):
+            raise ValueError("need one box (or None) per region")
+        if boxes[0] is None:
+            raise ValueError("the global region cannot be dropped")
+        kept = tuple(
+            replace(region, box=box)
+            for region, box in zip(self.regions, boxes, strict=True)
+            if box is not None
+        )
+        return replace(self, regions=kept)
 
 
 @dataclass

@@ -41,6 +41,7 @@ _NUMBERS: dict[str, tuple[type, float, float]] = {
     "hires_scale": (float, 1.0, 4.0),
     "hires_steps": (int, 1, 1000),
     "hires_denoise": (float, 0.0, 1.0),
+    "frame_zoom": (float, 1.0, 8.0),
 }
 MAX_TEXT = 4000  # the negative prompt and model name; the canvas has the parser's own limit
 
@@ -59,7 +60,8 @@ def png_metadata(code: str, params: RenderParams, model: str) -> dict[str, str]:
     """The text chunks for one render, keys prefixed with `omost:`."""
     chunks = {CANVAS_KEY: code, MODEL_KEY: model, FORMAT_KEY: FORMAT_VERSION}
     for f in fields(RenderParams):
-        chunks[PREFIX + f.name] = str(getattr(params, f.name))
+        if f.name != "edit":  # an edit's parent image is not a setting; the renderer adds omost:edit
+            chunks[PREFIX + f.name] = str(getattr(params, f.name))
     return chunks
 
 

@@ -10,7 +10,8 @@
    `cross_attention_kwargs={"regions": ...}`; the condition and the negative prompt travel as one
    combined token set (see attention.py for why);
 4. optionally the high-resolution fix (SPEC 6) with `StableDiffusionXLImg2ImgPipeline` sharing
-   the same components;
+   the same components; an edit (`params.edit`) runs `edits.render_edit` instead of 3-4, on
+   `StableDiffusionXLInpaintPipeline` sharing them too;
 5. decode with the VAE in bfloat16 (SDXL's VAE overflows in fp16).
 
 Omost fidelity (issue 12, `sampling.py`): the seed's noise is drawn on the render device, the base
@@ -56,6 +57,8 @@ from omost_engine.render.base import (
     check_params,
     hires_size,
 )
+from omost_engine.render.edit_plan import zoom_boxes
+from omost_engine.render.edits import EditOutcome, render_edit
 from omost_engine.render.encoding import Conditions, PromptEncoder
 from omost_engine.render.latent_preview import latent_to_rgb
 from omost_engine.render.metadata import png_metadata
@@ -176,6 +179,7 @@ class SDXLRegionalRenderer:
         self.preview_every = preview_every
         self._pipe: Any = None
         self._img2img: Any = None
+        self._inpaint: Any = None
         self._encoder: PromptEncoder | None = None
         self._lock = threading.Lock()
 
@@ -267,6 +271,7 @@ class SDXLRegionalRenderer:
         with self._lock:
             self._pipe = None
             self._img2img = None
+            self._inpaint = None
             if self._encoder is not None:
                 self._encoder.clear_cache()
             self._encoder = None
@@ -288,9 +293,14 @@ class SDXLRegionalRenderer:
     ) -> RenderResult:
         check_params(params)
         started = time.perf_counter()
+        extra: dict[str, str] = {}
         with self._lock:
             try:
-                image = self._render(canvas, params, on_step, cancel)
+                if params.edit is not None:
+                    outcome = self._render_edit(canvas, params, on_step, cancel)
+                    image, extra = outcome.image, outcome.metadata(params.edit)
+                else:
+                    image = self._render(canvas, params, on_step, cancel)
             except Exception as e:
                 if _is_oom(e):
                     self._empty_device_cache()
@@ -306,7 +316,7 @@ class SDXLRegionalRenderer:
             params=params,
             model=self.name,
             seconds=time.perf_counter() - started,
-            metadata=png_metadata(to_code(canvas), params, self.name),
+            metadata=png_metadata(to_code(canvas), params, self.name) | extra,
         )
 
     def render_latents(
@@ -331,7 +341,20 @@ class SDXLRegionalRenderer:
     ) -> Image.Image:
         latents = self._render_latents(canvas, params, on_step, cancel)
         _check_cancel(cancel)
-        return self._decode(self._pipe, latents)
+        return self.decode(latents)
+
+    def conditions(self, canvas: Canvas, params: RenderParams) -> Conditions:
+        """SPEC 5 conditions (the pooled embedding as chosen), boxes in the picture's frame."""
+        pipe = self._ensure_loaded()
+        assert self._encoder is not None
+        layout = process(canvas)
+        device = pipe._execution_device
+        conditions = self._encoder.encode_layout(layout, params.negative_prompt, device, params.pooled)
+        if params.frame_zoom != 1.0:
+            # a zoomed-out picture: local boxes drawn scaled about the centre; the global stays whole
+            boxes = [r.box for r in conditions.regions]
+            conditions = conditions.with_boxes([boxes[0], *zoom_boxes(boxes[1:], params.frame_zoom)])
+        return conditions
 
     def _render_latents(
         self,
@@ -342,50 +365,59 @@ class SDXLRegionalRenderer:
     ) -> torch.Tensor:
         _check_cancel(cancel)
         pipe = self._ensure_loaded()
-        assert self._encoder is not None
-        device = pipe._execution_device
-        # 1. encode (SPEC 5; the pooled embedding as chosen, Omost's by default)
-        layout = process(canvas)
-        conditions = self._encoder.encode_layout(layout, params.negative_prompt, device, params.pooled)
+        # 1. encode
+        conditions = self.conditions(canvas, params)
         _check_cancel(cancel)
         # 2. the seed's noise on the render device, scaled to Omost's first latent
-        generator = seeded_generator(params.seed, device)
+        generator = seeded_generator(params.seed, pipe._execution_device)
         factor = pipe.vae_scale_factor
         shape = (1, pipe.unet.config.in_channels, params.height // factor, params.width // factor)
         noise = draw_noise(shape, generator, pipe.unet.dtype)
         start = initial_latents(noise, first_sigma(pipe.scheduler, params.steps))
         # 3. the base pass
-        latents = self._denoise(
-            pipe,
-            conditions,
-            params.width,
-            params.height,
-            params,
-            generator,
-            on_step,
-            cancel,
-            "base",
-            start_latents=start,
-        )
+        width, height = params.width, params.height
+        latents = self.denoise(
+            pipe, conditions, (width, height), params, generator, on_step, cancel, "base",
+            width=width, height=height, num_inference_steps=params.steps, latents=start,
+        )  # fmt: skip
         size = hires_size(params)
         if size is None:
             return latents
-        # 4. the high-resolution fix: decode, Lanczos, re-encode, then Omost's hires schedule
+        # 4. the high-resolution fix: decode, Lanczos, re-encode, then Omost's hires schedule (the
+        # last hires_steps of the Karras schedule of int(hires_steps / hires_denoise) steps)
         _check_cancel(cancel)
-        image = self._decode(pipe, latents).resize(size, Image.Resampling.LANCZOS)
-        latents = self._encode_image(pipe, image)
+        latents = self.encode_image(self.decode(latents).resize(size, Image.Resampling.LANCZOS))
         _check_cancel(cancel)
-        return self._denoise(
-            self._img2img_pipeline(),
-            conditions,
-            size[0],
-            size[1],
-            params,
-            generator,
-            on_step,
-            cancel,
-            "hires",
-            init_latents=latents,
+        total, strength = img2img_arguments(params.hires_steps, params.hires_denoise)
+        return self.denoise(
+            self._img2img_pipeline(), conditions, size, params, generator, on_step, cancel,
+            "hires", image=latents, strength=strength, num_inference_steps=total,
+        )  # fmt: skip
+
+    def _render_edit(
+        self,
+        canvas: Canvas,
+        params: RenderParams,
+        on_step: StepCallback | None,
+        cancel: threading.Event | None,
+    ) -> EditOutcome:
+        _check_cancel(cancel)
+        conditions = self.conditions(canvas, params)
+        _check_cancel(cancel)
+        return render_edit(self, conditions, params, on_step, cancel)
+
+    def _shared_components(self) -> dict[str, Any]:
+        base = self._pipe
+        return dict(
+            vae=base.vae,
+            text_encoder=base.text_encoder,
+            text_encoder_2=base.text_encoder_2,
+            tokenizer=base.tokenizer,
+            tokenizer_2=base.tokenizer_2,
+            unet=base.unet,
+            scheduler=base.scheduler,
+            requires_aesthetics_score=False,
+            add_watermarker=False,
         )
 
     def _img2img_pipeline(self) -> Any:
@@ -394,35 +426,35 @@ class SDXLRegionalRenderer:
 
             # Shares every component (and the regional processors) with the base pipeline. Built
             # directly: from_pipe() without a dtype would cast the shared modules to float32.
-            base = self._pipe
-            self._img2img = StableDiffusionXLImg2ImgPipeline(
-                vae=base.vae,
-                text_encoder=base.text_encoder,
-                text_encoder_2=base.text_encoder_2,
-                tokenizer=base.tokenizer,
-                tokenizer_2=base.tokenizer_2,
-                unet=base.unet,
-                scheduler=base.scheduler,
-                requires_aesthetics_score=False,
-                add_watermarker=False,
-            )
+            self._img2img = StableDiffusionXLImg2ImgPipeline(**self._shared_components())
             self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
 
-    def _denoise(
+    def inpaint_pipeline(self) -> Any:
+        """diffusers' SDXL inpainting pipeline on the same components (edits; latent blending)."""
+        self._ensure_loaded()
+        if self._inpaint is None:
+            from diffusers import StableDiffusionXLInpaintPipeline
+
+            self._inpaint = StableDiffusionXLInpaintPipeline(**self._shared_components())
+            self._inpaint.set_progress_bar_config(disable=True)
+        return self._inpaint
+
+    def denoise(
         self,
         pipe: Any,
         conditions: Conditions,
-        width: int,
-        height: int,
+        size: tuple[int, int],
         params: RenderParams,
         generator: torch.Generator,
         on_step: StepCallback | None,
         cancel: threading.Event | None,
         phase: str,
-        init_latents: torch.Tensor | None = None,
-        start_latents: torch.Tensor | None = None,
+        **call: Any,
     ) -> torch.Tensor:
+        """One pipeline call on `conditions` at size = (width, height); `call` holds that pipeline's
+        own arguments (steps, latents, image, strength, mask, micro-conditioning overrides)."""
+        width, height = size
         unet = pipe.unet
         dtype = unet.dtype
         # One combined token set [regions ; negative] for both CFG halves: attention.py's block
@@ -437,8 +469,7 @@ class SDXLRegionalRenderer:
             latent_size=(height // factor, width // factor),
             cfg=cfg,
         )
-        step_end = self._step_callback(on_step, cancel, phase)
-        common: dict[str, Any] = dict(
+        arguments: dict[str, Any] = dict(
             prompt_embeds=combined,
             negative_prompt_embeds=combined,
             pooled_prompt_embeds=conditions.pooled.to(dtype),
@@ -450,23 +481,10 @@ class SDXLRegionalRenderer:
             original_size=(height, width),  # SPEC 6 micro-conditioning
             target_size=(height, width),
             crops_coords_top_left=(0, 0),
-            callback_on_step_end=step_end,
+            callback_on_step_end=self._step_callback(on_step, cancel, phase),
             callback_on_step_end_tensor_inputs=["latents"],
         )
-        if init_latents is None:
-            out = pipe(
-                width=width,
-                height=height,
-                num_inference_steps=params.steps,
-                latents=start_latents,
-                **common,
-            )
-        else:
-            # Omost's hires schedule: the last hires_steps of the Karras schedule of
-            # int(hires_steps / hires_denoise) steps (sampling.img2img_arguments).
-            total, strength = img2img_arguments(params.hires_steps, params.hires_denoise)
-            out = pipe(image=init_latents, strength=strength, num_inference_steps=total, **common)
-        latents: torch.Tensor = out.images
+        latents: torch.Tensor = pipe(**(arguments | call)).images
         return latents
 
     def _step_callback(
@@ -484,7 +502,9 @@ class SDXLRegionalRenderer:
         return step_end
 
     @torch.no_grad()
-    def _decode(self, pipe: Any, latents: torch.Tensor) -> Image.Image:
+    def decode(self, latents: torch.Tensor) -> Image.Image:
+        """VAE decode and Omost's truncating 8-bit conversion."""
+        pipe = self._pipe
         vae = pipe.vae
         latents = latents.to(dtype=vae.dtype)
         config = vae.config
@@ -501,8 +521,9 @@ class SDXLRegionalRenderer:
         return Image.fromarray(to_pixels(decoded), mode="RGB")  # Omost's truncating conversion
 
     @torch.no_grad()
-    def _encode_image(self, pipe: Any, image: Image.Image) -> torch.Tensor:
+    def encode_image(self, image: Image.Image) -> torch.Tensor:
         """SPEC 6: VAE-encode, the distribution's mode times the scaling factor."""
+        pipe = self._pipe
         vae = pipe.vae
         pixels = from_pixels(np.asarray(image.convert("RGB")))
         pixels = pixels.to(pipe._execution_device, dtype=vae.dtype)
