@@ -265,6 +265,7 @@ def crop_window(
 
 def _fit_span(start: int, end: int, limit: int, min_size: int) -> tuple[int, int]:
     """[start, end) widened to a multiple of CROP_MULTIPLE (at least min_size), kept inside [0, limit)."""
+    start, end = max(0, start), min(limit, end)  # context beyond the image is not context
     size = max(end - start, min(min_size, limit))
     size = min(limit, -(-size // CROP_MULTIPLE) * CROP_MULTIPLE)
     centre = (start + end) // 2
