@@ -1,7 +1,9 @@
 """PNG text chunks that let a rendered image be dropped back into a chat to continue from it.
 
 `png_metadata()` gives the chunks (canvas code, seed, steps, CFG, size, model, negative prompt,
-hires settings); `encode_png()` writes an image with them; `read_png_metadata()` restores them.
+hires settings, pooled embedding, frame zoom); an edit render adds `omost:edit` (what was redrawn:
+kind, boxes, margin, feather), `omost:edit_window` and `omost:edit_redrawn`. `encode_png()` writes
+an image with them; `read_png_metadata()` restores the settings.
 
 The reader treats the chunks as untrusted input: the canvas code only ever goes through
 `omost_engine.canvas_code.parse` (data, never executed), numbers are parsed and range-checked one
