@@ -24,6 +24,7 @@ from omost_engine.render.edit_plan import (
     decide_edit,
     edit_masks,
     png_bytes,
+    vary_boxes,
     zoom_boxes,
     zoomed_out,
 )
@@ -122,6 +123,16 @@ def test_edit_settings_are_checked() -> None:
         check_params(RenderParams(edit=EditSpec("vary", b"", ((0, 95, 0, 10),))))
     with pytest.raises(InvalidRenderParams, match="zoom must be above 1"):
         check_params(RenderParams(edit=EditSpec("zoom_out", b"", zoom=1.0)))
+    with pytest.raises(ValueError, match="regions 1 to 2"):
+        vary_boxes(BEFORE, 3)
+
+
+def test_an_edit_at_another_size_than_its_parent_is_refused(
+    renderer: SDXLRegionalRenderer, parent: Image.Image
+) -> None:
+    spec = EditSpec("inpaint", png_bytes(parent), (SMALL_BOX,))
+    with pytest.raises(InvalidRenderParams, match="its parent's size"):
+        renderer.render(AFTER, RenderParams(width=64, height=64, steps=1, edit=spec))
 
 
 # --- the tiny SDXL, end to end ------------------------------------------------------------------------
@@ -185,7 +196,8 @@ def test_an_inpaint_edit_keeps_every_pixel_outside_the_feathered_box(
 def test_vary_region_redraws_only_that_region_with_a_new_seed(
     renderer: SDXLRegionalRenderer, parent: Image.Image
 ) -> None:
-    lighthouse_box = BEFORE.regions[0].box
+    (lighthouse_box,) = vary_boxes(BEFORE, 1)
+    assert lighthouse_box == BEFORE.regions[0].box
     spec = EditSpec("vary", png_bytes(parent), (lighthouse_box,), margin=4, feather=4, crop="never")
     params = edited_params(RenderParams(width=128, height=128, steps=3, seed=99), spec)
     result = renderer.render(BEFORE, params).image

@@ -118,6 +118,13 @@ def decide_edit(
     return EditDecision("inpaint", "only local regions changed", tuple(dict.fromkeys(boxes)), tuple(names))
 
 
+def vary_boxes(canvas: Canvas, index: int, frame_zoom: float = 1.0) -> tuple[Box, ...]:
+    """The box to redraw for Vary region on region `index` (1-based, as written), in the picture's frame."""
+    if not 1 <= index <= len(canvas.regions):
+        raise ValueError(f"the canvas has regions 1 to {len(canvas.regions)}; got {index}")
+    return zoom_boxes([canvas.regions[index - 1].box], frame_zoom)
+
+
 def grid_area(boxes: Sequence[Box]) -> float:
     """Share of the 90 x 90 frame covered by the union of `boxes`."""
     covered = np.zeros((GRID, GRID), dtype=bool)

@@ -88,6 +88,11 @@ def render_edit(
     # 1-2. the frame and the masks
     frame, masks = _frame_and_masks(spec)
     width, height = frame.size
+    if (width, height) != (params.width, params.height):
+        raise InvalidRenderParams(
+            f"an edit draws at its parent's size ({width}x{height}), but the settings say "
+            f"{params.width}x{params.height}; build them with edited_params()"
+        )
     # 3. the window
     window = crop_window(masks, spec, width, height) or (0, height, 0, width)
     y0, y1, x0, x1 = window
