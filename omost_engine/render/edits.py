@@ -74,6 +74,16 @@ def _frame_and_masks(spec: EditSpec) -> tuple[Image.Image, EditMasks]:
     return parent, edit_masks(width, height, spec.boxes, spec.margin, spec.feather)
 
 
+def _window(
+    spec: EditSpec, masks: EditMasks, conditions: Conditions, width: int, height: int
+) -> tuple[tuple[int, int, int, int], Conditions]:
+    """The pixel window to denoise and the conditions with their boxes in that window's grid."""
+    window = crop_window(masks, spec, width, height) or (0, height, 0, width)
+    boxes = boxes_in_window([r.box for r in conditions.regions], window, width, height)
+    boxes[0] = (0, 90, 0, 90)  # the global region covers the whole window
+    return window, conditions.with_boxes(boxes)
+
+
 def render_edit(
     renderer: SDXLRegionalRenderer,
     conditions: Conditions,
@@ -94,11 +104,8 @@ def render_edit(
             f"{params.width}x{params.height}; build them with edited_params()"
         )
     # 3. the window
-    window = crop_window(masks, spec, width, height) or (0, height, 0, width)
+    window, local = _window(spec, masks, conditions, width, height)
     y0, y1, x0, x1 = window
-    boxes = boxes_in_window([r.box for r in conditions.regions], window, width, height)
-    boxes[0] = (0, 90, 0, 90)  # the global region covers the whole window
-    local = conditions.with_boxes(boxes)
     # 4. denoise the window from the seed's full-frame noise
     pipe = renderer.inpaint_pipeline()
     device = pipe._execution_device
