@@ -60,6 +60,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="high-resolution fix scale, 1.0-2.0; on above 1.05 (default: render.hires_scale, 1.0: off)",
     )
+    parser.add_argument(
+        "--hires-steps",
+        type=int,
+        help="high-resolution fix steps, as in Omost (default: render.hires_steps, 20)",
+    )
+    parser.add_argument(
+        "--hires-denoise",
+        type=float,
+        help="high-resolution fix denoise, 0.1-1.0, as in Omost (default: render.hires_denoise, 0.4)",
+    )
+    parser.add_argument(
+        "--pooled",
+        choices=("omost", "sdxl"),
+        help="pooled text embedding: Omost's or standard SDXL's projected one (default: render.pooled, omost)",
+    )
     parser.add_argument("--negative", help="negative prompt (default: render.negative_prompt, SPEC's)")
     parser.add_argument("--device", help="torch device: cuda, cuda:1, cpu (default: render.device, auto)")
     parser.add_argument(
@@ -77,6 +92,9 @@ PARAM_FLAGS = {
     "cfg": "cfg",
     "seed": "seed",
     "hires_scale": "hires_scale",
+    "hires_steps": "hires_steps",
+    "hires_denoise": "hires_denoise",
+    "pooled": "pooled",
     "negative": "negative_prompt",
 }
 

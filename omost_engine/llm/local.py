@@ -361,8 +361,8 @@ class LocalBackend:
             kwargs["pad_token_id"] = self._tokenizer.pad_token_id
         if params.temperature <= 0:  # SPEC 7: temperature 0 means greedy
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=None)
+        else:  # top_k 50: transformers' default, which Omost's call leaves in force (issue 12)
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=50)
         return kwargs
 
     def _stream(
