@@ -41,7 +41,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from omost_engine.render.base import CFG_RANGE, HIRES_SCALE_RANGE, MAX_SIZE, MAX_STEPS, MIN_SIZE
+from omost_engine.render.base import (
+    CFG_RANGE,
+    HIRES_DENOISE_RANGE,
+    HIRES_SCALE_RANGE,
+    HIRES_STEPS_RANGE,
+    MAX_SIZE,
+    MAX_STEPS,
+    MIN_SIZE,
+)
 
 DEFAULT_CONFIG_FILE = Path("config.toml")
 """What `load_config(None)` reads when it exists in the current directory."""
@@ -214,8 +222,8 @@ class RenderConfig(_Section):
     hires_scale: Annotated[float, Field(ge=HIRES_SCALE_RANGE[0], le=HIRES_SCALE_RANGE[1])] = 1.0
     # Omost's high-resolution fix settings and ranges (its app's sliders): the last `hires_steps`
     # of a schedule of hires_steps / hires_denoise steps.
-    hires_steps: Annotated[int, Field(ge=1, le=100)] = 20
-    hires_denoise: Annotated[float, Field(ge=0.1, le=1.0)] = 0.4
+    hires_steps: Annotated[int, Field(ge=HIRES_STEPS_RANGE[0], le=HIRES_STEPS_RANGE[1])] = 20
+    hires_denoise: Annotated[float, Field(ge=HIRES_DENOISE_RANGE[0], le=HIRES_DENOISE_RANGE[1])] = 0.4
     # SPEC 5.6: "omost" (its un-projected pooled embedding: Omost's picture) or "sdxl" (standard).
     pooled: Literal["omost", "sdxl"] = "omost"
     memory: Literal["auto", "resident", "offload"] = "auto"

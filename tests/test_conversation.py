@@ -81,7 +81,7 @@ async def test_two_turn_seed_conversation(bot: Bot) -> None:
     assert roles.count("preview") == 2 and roles.count("image") == 2
     first_result = bot.adapter.posts("image")[0]
     assert roles.index("preview") < roles.index("image")
-    assert [b.action for b in first_result.post.buttons] == ["seed", "rewrite", "hires"]
+    assert [b.action for b in first_result.post.buttons] == ["seed", "rewrite", "hires", "vary", "zoom"]
     assert first_result.post.files[0].filename.endswith(".py")
     assert parse(first_result.post.files[0].data.decode()) == parse(seed_answers()[0])
     second = bot.adapter.posts("image")[1].post

@@ -23,7 +23,7 @@ from adapters.base import Adapter, MessageRef
 from bot.config import LLMConfig
 from bot.policy import Policy
 from bot.store import Conversation, LinkRole, Store, Turn, TurnKind, TurnStatus
-from bot.turns import results
+from bot.turns import edits, results
 from bot.turns.live import LiveTurn
 from bot.turns.settings import SettingsBook, TurnSettings, render_params
 from bot.turns.status import StatusMessage
@@ -161,8 +161,10 @@ class TurnRunner:
         )
         return LiveTurn(turn, conversation, adapter, self.store, message, settings)
 
-    def start(self, live: LiveTurn, parent_canvas: Canvas | None = None) -> None:
-        live.parent_canvas = parent_canvas
+    def start(self, live: LiveTurn, parent: Turn | None = None) -> None:
+        """Run the turn; `parent` is the turn it continues, when the caller has it at hand (a
+        composing turn loads it with its history, after the parent has answered)."""
+        live.parent, live.parent_canvas = parent, results.canvas_of(parent)
         flight = self._flight[live.id] = _InFlight(live)
         flight.task = asyncio.create_task(self._drive(flight))
 
@@ -177,7 +179,7 @@ class TurnRunner:
             if turn.status == TurnStatus.RUNNING:
                 await live.save(status=TurnStatus.QUEUED)
             parent = await self.store.find_turn(turn.parent_id) if turn.parent_id is not None else None
-            self.start(live, results.canvas_of(parent) if turn.kind == TurnKind.RENDER else None)
+            self.start(live, parent)
             resumed += 1
         for turn in await self.store.unannounced_turns():
             live = await self._restore(turn)
@@ -269,7 +271,7 @@ class TurnRunner:
             if parent is not None:
                 await parent.answered.wait()
             chain = await self.store.history(parent_id)
-            live.parent_canvas = results.canvas_of(chain[-1])
+            live.parent, live.parent_canvas = chain[-1], results.canvas_of(chain[-1])
             for earlier in chain:
                 if earlier.kind == TurnKind.RENDER or earlier.canvas_code is None:
                     continue  # a re-render adds nothing for the model; a failed turn has no answer
@@ -342,9 +344,8 @@ class TurnRunner:
 
     async def _render(self, live: LiveTurn, canvas: Canvas) -> None:
         seed = live.turn.seed if live.turn.seed is not None else 0
-        job = RenderJob(
-            owner=live.turn.owner, canvas=canvas, params=render_params(live.settings, seed), tag=str(live.id)
-        )
+        params = await edits.render_params_for(live, canvas, render_params(live.settings, seed))
+        job = RenderJob(owner=live.turn.owner, canvas=canvas, params=params, tag=str(live.id))
         try:
             handle = self._submit(job)
         except EngineError as e:
