@@ -24,7 +24,6 @@ seconds per job the workers measured (RatePriors before anything was measured).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
@@ -33,8 +32,8 @@ from redis.exceptions import RedisError
 
 from omost_engine.cluster.codec import CodecError, decode_event, encode_job
 from omost_engine.cluster.state import ClusterState
-from omost_engine.engine import EngineClosed, QueueFull, RatePriors
-from omost_engine.engine_api import EngineUnavailable
+from omost_engine.engine import Engine, EngineClosed, QueueFull, RatePriors
+from omost_engine.engine_api import EngineUnavailable, JobEngine
 from omost_engine.jobs import (
     TERMINAL_EVENTS,
     Cancelled,
@@ -65,6 +64,16 @@ def prior_seconds(kind: str, priors: RatePriors | None = None) -> float:
         return p.answer_tokens / p.tokens_per_s
     params = RenderParams()
     return params.steps * params.width * params.height / 1e6 * p.step_s_per_megapixel + p.render_overhead_s
+
+
+async def wait_for_event(event: asyncio.Event, timeout: float) -> None:
+    """Wait until `event` is set or `timeout` passes. Unlike `asyncio.wait_for` on Python 3.11,
+    a cancel that arrives as the timeout fires is never swallowed (asyncio.wait cannot eat one)."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
 
 
 class RedisJobHandle:
@@ -330,7 +339,7 @@ class RedisEngine:
     async def _send_loop(self) -> None:
         """Submit accepted jobs to Redis in order; on a connection error keep them and retry."""
         assert self._state is not None
-        while True:
+        while not self.closed:
             await self._have_unsent.wait()
             batch = list(self._unsent)
             try:
@@ -354,7 +363,7 @@ class RedisEngine:
     async def _read_loop(self) -> None:
         """Follow every submitted, unfinished job's stream with one blocking XREAD."""
         assert self._state is not None
-        while True:
+        while not self.closed:
             live = {
                 self._state.keys.events(h.job_id): h.last_id
                 for h in self._handles.values()
@@ -362,8 +371,7 @@ class RedisEngine:
             }
             if not live:
                 self._have_work.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._have_work.wait(), self.poll_s)
+                await wait_for_event(self._have_work, self.poll_s)
                 continue
             try:
                 got = await self._state.redis.xread(live, count=1000, block=self.block_ms)  # type: ignore[arg-type]
@@ -397,7 +405,7 @@ class RedisEngine:
                 handle._emit(event)
 
     async def _poll_loop(self) -> None:
-        while True:
+        while not self.closed:
             await asyncio.sleep(self.poll_s)
             await self._check_reachable()
             if not self.reachable:
@@ -426,3 +434,8 @@ class RedisEngine:
             # job each is running now.
             eta = None if serving == 0 else round(((place - 1) / serving + 0.5) * per_job, 2)
             handle._emit(Queued(place, eta))
+
+
+def _satisfies_the_protocol(local: Engine, cluster: RedisEngine) -> tuple[JobEngine, JobEngine]:
+    """Never called: mypy checks here that both engines are engine_api.JobEngines."""
+    return local, cluster

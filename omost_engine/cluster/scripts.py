@@ -128,7 +128,7 @@ for i = 4, #ARGV do
     if id and redis.call('HGET', job_key(id), 'state') == 'queued' then
       local jk = job_key(id)
       local attempt = redis.call('HINCRBY', jk, 'attempt', 1)
-      redis.call('HSET', jk, 'state', 'running', 'worker', worker)
+      redis.call('HSET', jk, 'state', 'running', 'worker', worker, 'batch', 0)
       redis.call('ZADD', P .. ':lease', now_ms() + lease_ms, id)
       return {id, redis.call('HGET', jk, 'spec'), tostring(attempt)}
     end
@@ -149,8 +149,10 @@ return {1, redis.call('HGET', job_key(id), 'cancel') or ''}
 """
 )
 
-# ARGV: prefix, id, worker, attempt, lease_ms, ttl, final state or '', then per event: n, n
-# field/value pairs. A Started event's attempt is rewritten to count starts across the cluster.
+# ARGV: prefix, id, worker, attempt, lease_ms, ttl, final state or '', batch number, then per
+# event: n, n field/value pairs. A batch number at or below the last applied one was applied
+# already (a retry after a lost reply) and is skipped. A Started event's attempt is rewritten to
+# count starts across the cluster.
 PUBLISH = (
     _PRELUDE
     + r"""
@@ -158,7 +160,10 @@ local id = ARGV[2]
 if not fenced(id, ARGV[3], ARGV[4]) then return 0 end
 local jk = job_key(id)
 local final, ttl = ARGV[7], tonumber(ARGV[6])
-local i = 8
+local seq = tonumber(ARGV[8])
+if seq <= tonumber(redis.call('HGET', jk, 'batch') or '0') then return 1 end
+redis.call('HSET', jk, 'batch', seq)
+local i = 9
 local events = {}
 while i <= #ARGV do
   local n = tonumber(ARGV[i])

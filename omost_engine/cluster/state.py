@@ -116,11 +116,20 @@ class ClusterState:
         return bool(held), _text(reason)
 
     async def publish(
-        self, claim: Claim, worker_id: str, lease_ms: int, ttl_s: int, events: list[Fields], final: str = ""
+        self,
+        claim: Claim,
+        worker_id: str,
+        lease_ms: int,
+        ttl_s: int,
+        events: list[Fields],
+        *,
+        final: str = "",
+        seq: int,
     ) -> bool:
-        """Append events to the job's stream; `final` (a state) ends the job with the last one.
+        """Append batch number `seq` of events to the job's stream (once: a batch number already
+        applied is skipped); `final` (a state) ends the job with the last event.
         False: the job is no longer this worker's (taken over or ended)."""
-        args: list[Any] = [claim.job_id, worker_id, claim.attempt, lease_ms, ttl_s, final]
+        args: list[Any] = [claim.job_id, worker_id, claim.attempt, lease_ms, ttl_s, final, seq]
         for fields in events:
             args.append(len(fields))
             for name, value in fields.items():

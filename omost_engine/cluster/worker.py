@@ -33,6 +33,7 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from omost_engine.cluster.client import wait_for_event
 from omost_engine.cluster.codec import CodecError, Fields, ImageTooLarge, decode_job, encode_event
 from omost_engine.cluster.state import Claim, ClusterState
 from omost_engine.engine import Engine, JobHandle
@@ -114,6 +115,7 @@ class Worker:
         self.seconds_per_job: float | None = None
         self.current: str | None = None
         self._stop = asyncio.Event()
+        self._chores: set[asyncio.Task[None]] = set()
 
     # --- the loop
 
@@ -149,8 +151,7 @@ class Worker:
                 delay = min(delay * 2, 5.0)
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+        await wait_for_event(self._stop, seconds)
 
     def _info(self) -> dict[str, str]:
         s = self.settings
@@ -203,118 +204,135 @@ class Worker:
     async def _serve(self, engine: Engine, claim: Claim) -> None:
         self.current = claim.job_id
         began = time.monotonic()
+        run = _ClaimRun(claim)
         try:
             try:
                 job = decode_job(claim.spec)
             except CodecError as e:
                 log.error("job %s: %s", claim.job_id, e)
-                await self._finish(claim, Failed(str(e), FailureKind.INTERNAL))
+                await self._finish(run, Failed(str(e), FailureKind.INTERNAL))
                 return
             handle = engine.submit(job)
-            watch = _Watch()
-            renewer = asyncio.create_task(self._renew_loop(claim, handle, watch))
+            renewer = asyncio.create_task(self._renew_loop(run, handle))
             try:
-                terminal = await self._stream(claim, handle, watch)
+                terminal = await self._stream(run, handle)
             finally:
                 renewer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await renewer
             await handle.wait()  # the local lane is free again before the next claim
-            if watch.lost:
+            if run.lost:
                 log.warning("job %s: %s", claim.job_id, TAKEN_OVER)
-            elif watch.releasing:
+            elif run.releasing:
                 await self._retry(lambda: self.state.release(claim, self.worker_id))
-            elif await self._finish(claim, terminal) and isinstance(terminal, Finished):
-                seconds = time.monotonic() - began
-                self.jobs_done += 1
-                old = self.seconds_per_job
-                self.seconds_per_job = seconds if old is None else old + 0.3 * (seconds - old)
-                with contextlib.suppress(RedisError):
-                    await self.state.record_seconds(job.kind, seconds)
+            elif await self._finish(run, terminal) and isinstance(terminal, Finished):
+                self._measured(job.kind, time.monotonic() - began)
         finally:
             self.current = None
 
-    async def _renew_loop(self, claim: Claim, handle: JobHandle, watch: _Watch) -> None:
+    def _measured(self, kind: str, seconds: float) -> None:
+        self.jobs_done += 1
+        old = self.seconds_per_job
+        self.seconds_per_job = seconds if old is None else old + 0.3 * (seconds - old)
+        # An estimate for ETAs: never worth delaying the next claim for.
+        task = asyncio.create_task(self._record(kind, seconds))
+        self._chores.add(task)
+        task.add_done_callback(self._chores.discard)
+
+    async def _record(self, kind: str, seconds: float) -> None:
+        with contextlib.suppress(RedisError):
+            await self.state.record_seconds(kind, seconds)
+
+    async def _renew_loop(self, run: _ClaimRun, handle: JobHandle) -> None:
         """Keep the lease, pass on a cancel request, and give the job back when asked to stop."""
         while handle.terminal is None:
-            if self._stop.is_set() and not watch.releasing:
-                watch.releasing = True
+            if self._stop.is_set() and not run.releasing:
+                run.releasing = True
                 handle.cancel(RELEASED)
             try:
-                held, reason = await self.state.renew(claim, self.worker_id, self.lease_ms)
+                held, reason = await self.state.renew(run.claim, self.worker_id, self.lease_ms)
             except RedisError as e:
-                log.warning("job %s: lease renewal failed: %s", claim.job_id, e)
+                log.warning("job %s: lease renewal failed: %s", run.claim.job_id, e)
                 held, reason = True, ""
             if not held:
-                watch.lost = True
+                run.lost = True
                 handle.cancel(TAKEN_OVER)
                 return
             if reason:
                 handle.cancel(reason)
             await asyncio.sleep(self.settings.cancel_poll_s)
 
-    async def _stream(self, claim: Claim, handle: JobHandle, watch: _Watch) -> TerminalEvent:
-        """Publish the local job's events in order, batched; return its terminal event unpublished."""
+    async def _stream(self, run: _ClaimRun, handle: JobHandle) -> TerminalEvent:
+        """Publish the local job's events in order, batched: the first event after a quiet spell
+        at once, then at most one batch per `flush_s`. Returns the terminal event, unpublished
+        (with whatever is still in `run.buffer`: `_finish` sends both together)."""
         flush_s = self.settings.flush_s
-        buffer: list[JobEvent] = []
         last_flush = 0.0
         events = handle.events().__aiter__()
         pending: asyncio.Future[JobEvent] = asyncio.ensure_future(events.__anext__())
         while True:
-            wait = None if not buffer else max(0.0, last_flush + flush_s - time.monotonic())
+            wait = None if not run.buffer else max(0.0, last_flush + flush_s - time.monotonic())
             done, _ = await asyncio.wait({pending}, timeout=wait)
             if pending in done:
                 event = pending.result()
                 if isinstance(event, Finished | Failed | Cancelled):
-                    if buffer and not (watch.lost or watch.releasing):
-                        await self._flush(claim, buffer)
                     return event
                 pending = asyncio.ensure_future(events.__anext__())
                 if isinstance(event, Queued):
                     continue  # the local queue's place means nothing to the cluster
-                if isinstance(event, TextDelta) and buffer and isinstance(buffer[-1], TextDelta):
-                    buffer[-1] = TextDelta(buffer[-1].text + event.text)
-                else:
-                    buffer.append(event)
-            if buffer and time.monotonic() >= last_flush + flush_s and not (watch.lost or watch.releasing):
-                held = await self._flush(claim, buffer)
+                run.add(event)
+            if run.buffer and time.monotonic() >= last_flush + flush_s and not (run.lost or run.releasing):
+                held = await self._flush(run)
                 last_flush = time.monotonic()  # after an error too: try again in flush_s, not at once
                 if not held:
-                    watch.lost = True
+                    run.lost = True
                     handle.cancel(TAKEN_OVER)
 
     def _encode(self, event: JobEvent) -> Fields:
         return encode_event(event, max_image_bytes=self.settings.max_result_bytes)
 
-    async def _flush(self, claim: Claim, buffer: list[JobEvent]) -> bool:
-        """Publish and clear the buffer; False if the job is no longer ours. A Redis error keeps
-        the buffer for the next try (events are never dropped or reordered)."""
+    async def _flush(self, run: _ClaimRun, final: str = "") -> bool:
+        """Publish the batch in flight (after an error: the same batch, same number), else the
+        buffer as a new one. False if the job is no longer ours. A Redis error keeps the batch
+        for the next try, so events are never dropped, reordered or (the script skips a batch
+        number it has applied already) written twice."""
+        if run.unsent is None:
+            run.seq += 1
+            run.unsent = (run.seq, [self._encode(e) for e in run.buffer], final)
+            run.buffer.clear()
+        seq, batch, final_state = run.unsent
         s = self.settings
         try:
             held = await self.state.publish(
-                claim, self.worker_id, self.lease_ms, s.result_ttl_s, [self._encode(e) for e in buffer]
+                run.claim, self.worker_id, self.lease_ms, s.result_ttl_s, batch, final=final_state, seq=seq
             )
         except RedisError as e:
-            log.warning("job %s: publishing events failed: %s", claim.job_id, e)
+            log.warning("job %s: publishing events failed: %s", run.claim.job_id, e)
             return True
-        buffer.clear()
+        run.unsent = None
         return held
 
-    async def _finish(self, claim: Claim, terminal: TerminalEvent) -> bool:
-        """Publish the terminal event, ending the job once; retried until Redis answers."""
+    async def _finish(self, run: _ClaimRun, terminal: TerminalEvent) -> bool:
+        """Publish what is left and the terminal event, ending the job once; retried until Redis
+        answers. False if the job was no longer ours."""
+        delay = 0.1
+        while run.unsent is not None:  # a batch from before the end, not yet acknowledged
+            if not await self._flush(run):
+                return False
+            if run.unsent is not None:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
         try:
-            entry = self._encode(terminal)
+            self._encode(terminal)
         except ImageTooLarge as e:
-            entry = self._encode(Failed(str(e), FailureKind.INTERNAL))
             terminal = Failed(str(e), FailureKind.INTERNAL)
-        s = self.settings
-        return bool(
-            await self._retry(
-                lambda: self.state.publish(
-                    claim, self.worker_id, self.lease_ms, s.result_ttl_s, [entry], final=_state_of(terminal)
-                )
-            )
-        )
+        run.buffer.append(terminal)
+        held = await self._flush(run, final=_state_of(terminal))
+        while run.unsent is not None:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+            held = await self._flush(run)
+        return held
 
     async def _retry(self, call: Any) -> Any:
         delay = 0.1
@@ -327,9 +345,20 @@ class Worker:
                 delay = min(delay * 2, 2.0)
 
 
-@dataclass
-class _Watch:
-    """What happened to a running job's claim, shared by its renewer and its publisher."""
+class _ClaimRun:
+    """One claim being served: its fate (shared by the renewer and the publisher) and its outbox."""
 
-    lost: bool = False  # another worker owns it now: publish nothing more
-    releasing: bool = False  # this worker is stopping: hand it back instead of ending it
+    def __init__(self, claim: Claim) -> None:
+        self.claim = claim
+        self.lost = False  # another worker owns it now: publish nothing more
+        self.releasing = False  # this worker is stopping: hand it back instead of ending it
+        self.buffer: list[JobEvent] = []  # events not yet in a batch
+        self.seq = 0  # batches numbered per claim, so a retried one is applied once
+        self.unsent: tuple[int, list[Fields], str] | None = None  # (number, batch, final state)
+
+    def add(self, event: JobEvent) -> None:
+        last = self.buffer[-1] if self.buffer else None
+        if isinstance(event, TextDelta) and isinstance(last, TextDelta):
+            self.buffer[-1] = TextDelta(last.text + event.text)  # one entry for a burst of tokens
+        else:
+            self.buffer.append(event)
