@@ -512,7 +512,8 @@ def _problem(err: Mapping[str, Any]) -> ConfigProblem:
         loc.append(str(ctx["key"]))
         return ConfigProblem(_dotted(loc), str(err["msg"]))
     if kind.startswith("config_"):
-        got = "" if secret_key or kind == "config_env_name" else f", got {_describe(value)}"
+        quiet = secret_key or kind in {"config_env_name", "config_secret"}  # never echo a secret
+        got = "" if quiet else f", got {_describe(value)}"
         return ConfigProblem(_dotted(loc), f"{err['msg']}{got}")
     return ConfigProblem(_dotted(loc), str(err["msg"]))
 
