@@ -227,7 +227,7 @@ class QueueConfig(_Section):
     lease_s: Annotated[float, Field(gt=0)] = 15.0
     heartbeat_s: Annotated[float, Field(gt=0)] = 2.0
     max_result_mib: Annotated[float, Field(gt=0, le=256)] = 20.0
-    result_ttl_s: Annotated[int, Field(ge=60)] = 86400
+    result_ttl_s: Annotated[int, Field(ge=60)] = 3600
 
     _finite_timeout = field_validator("job_timeout_s", "lease_s", "heartbeat_s")(_finite)
 

@@ -188,7 +188,7 @@ class RedisEngine:
         *,
         prefix: str = "omost",
         max_total: int = 100,
-        result_ttl_s: int = 86400,
+        result_ttl_s: int = 3600,
         poll_s: float = 1.0,
         block_ms: int = 100,
         connect_timeout_s: float = 2.0,
@@ -210,6 +210,7 @@ class RedisEngine:
         self._have_work = asyncio.Event()
         self._have_unsent = asyncio.Event()
         self.reachable = False
+        self._reachable_event = asyncio.Event()
         self.closed = False
 
     # --- lifecycle
@@ -286,6 +287,11 @@ class RedisEngine:
             if h.terminal is None and (owner is None or h.job.owner == owner)
         )
 
+    async def wait_until_reachable(self) -> None:
+        """Return once Redis answers again (at once if it does now): the bot's cue to submit the
+        turns it kept queued while `submit` raised EngineUnavailable."""
+        await self._reachable_event.wait()
+
     @property
     def remote_llm(self) -> bool:
         return True  # composing and rendering run on workers, so they overlap across the cluster
@@ -327,6 +333,10 @@ class RedisEngine:
             else:
                 log.warning("lost the render cluster's Redis: %s", error)
         self.reachable = reachable
+        if reachable:
+            self._reachable_event.set()
+        else:
+            self._reachable_event.clear()
 
     async def _check_reachable(self) -> None:
         assert self._state is not None

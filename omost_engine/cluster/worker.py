@@ -66,7 +66,7 @@ class WorkerSettings:
     heartbeat_s: float = 2.0
     cancel_poll_s: float = 0.25
     flush_s: float = 0.02
-    result_ttl_s: int = 86400
+    result_ttl_s: int = 3600
     max_result_bytes: int = 20 * 2**20
     job_timeout_s: float | None = 900.0
     swap_models: bool = False

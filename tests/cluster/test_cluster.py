@@ -253,7 +253,7 @@ async def test_redis_unreachable_at_start_says_so_then_recovers(
     late.port = port
     late.start()
     try:
-        await eventually(lambda: engine.reachable, what="the engine to see Redis")
+        await asyncio.wait_for(engine.wait_until_reachable(), 10)
         handle = engine.submit(render_job("alice", "first"))
         worker = subprocess.Popen(
             [sys.executable, "-m", "tests.cluster.fake_worker", "--url", late.url, "--id", "late-worker"],
