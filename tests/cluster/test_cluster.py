@@ -15,12 +15,25 @@ from typing import Any
 import pytest
 
 from bot.cli import main
+from omost_engine.canvas_code import GlobalParsed, to_answer
 from omost_engine.cluster import RedisEngine
+from omost_engine.cluster.codec import encode_event, encode_job
+from omost_engine.cluster.state import ClusterState
 from omost_engine.engine_api import EngineUnavailable
-from omost_engine.jobs import Cancelled, Finished, JobEvent, Queued, Started, Step
+from omost_engine.jobs import (
+    Cancelled,
+    ComposeResult,
+    Finished,
+    JobEvent,
+    PartParsed,
+    Queued,
+    Started,
+    Step,
+    TextDelta,
+)
 from omost_engine.render.base import RenderParams
 from tests.cluster.conftest import REPO, StartWorker, worker_env
-from tests.cluster.jobs import render_job
+from tests.cluster.jobs import CANVAS, compose_job, render_job
 from tests.redis_server import RedisServer, free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -94,6 +107,7 @@ async def test_two_workers_serve_200_users_times_5_jobs_exactly_once_in_order(
         assert sum(isinstance(e, Started) for e in events) == 1  # nobody died: no job ran twice
         finished = events[-1]
         assert isinstance(finished, Finished) and finished.result.image.size == (16, 16)  # type: ignore[union-attr]
+        assert all(e.preview is not None and e.preview.size == (8, 8) for e in events if isinstance(e, Step))
 
     def done() -> dict[str, int]:
         return {w: int(h[b"jobs_done"]) for w, h in live_workers(redis_server).items()}
@@ -314,3 +328,67 @@ def test_doctor_says_when_the_cluster_is_unreachable(
     config.write_text(f'[queue]\nbackend = "redis"\nredis_url = "redis://127.0.0.1:{free_port()}/0"\n')
     assert main(["doctor", "-c", str(config)]) == 0
     assert "cluster:  UNREACHABLE" in capsys.readouterr().out
+
+
+async def test_a_compose_job_streams_its_text_and_regions_back_in_order(
+    redis_server: RedisServer, start_worker: StartWorker, engines: Callable[..., Any]
+) -> None:
+    start_worker("w1", "--token-delay", "0.001")
+    engine = await engines(redis_server.url)
+    events = await asyncio.wait_for(all_events(engine.submit(compose_job("alice", "compose-1"))), 30)
+    finished = events[-1]
+    assert isinstance(finished, Finished) and isinstance(finished.result, ComposeResult)
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert text == finished.result.text == to_answer(CANVAS)
+    parts = [e.part for e in events if isinstance(e, PartParsed)]
+    assert isinstance(parts[0], GlobalParsed) and len(parts) == 1 + len(CANVAS.regions)
+    assert finished.result.canvas == CANVAS
+    # Each part arrives after the text that completes it, as in the embedded engine.
+    first_part = next(i for i, e in enumerate(events) if isinstance(e, PartParsed))
+    assert any(isinstance(e, TextDelta) for e in events[:first_part])
+
+
+async def test_a_stopped_worker_hands_its_job_back_at_once(
+    redis_server: RedisServer, start_worker: StartWorker, engines: Callable[..., Any]
+) -> None:
+    procs = {w: start_worker(w, "--step-delay", "0.05", "--lease", "30") for w in ("a", "b")}
+    await eventually(lambda: len(live_workers(redis_server)) == 2, what="two workers")
+    engine = await engines(redis_server.url)
+    handle = engine.submit(render_job("alice", "handed-back", SLOW))
+    seen: list[JobEvent] = []
+
+    async def follow() -> None:
+        async for event in handle.events():
+            seen.append(event)
+
+    follower = asyncio.create_task(follow())
+    await eventually(lambda: any(isinstance(e, Step) for e in seen), what="a step")
+    holder = redis_server.client().hget("omost:job:handed-back", "worker").decode()
+    procs[holder].send_signal(signal.SIGTERM)
+    await asyncio.wait_for(follower, 10)  # far sooner than the 30 s lease
+    check_render_order(seen, steps=20)
+    assert procs[holder].wait(timeout=10) == 0
+    assert redis_server.client().hget("omost:job:handed-back", "worker") is None
+
+
+async def test_a_cut_off_worker_cannot_write_into_a_job_another_worker_took_over(
+    redis_server: RedisServer,
+) -> None:
+    state = ClusterState(redis_server.url)
+    try:
+        await state.submit("j", "render", "alice", "", encode_job(render_job("alice", "j")))
+        first = await state.claim("w1", 50, ["render"])
+        assert first is not None
+        await asyncio.sleep(0.1)  # w1 stops renewing: its lease runs out
+        assert await state.reap(60) == 1
+        second = await state.claim("w2", 10_000, ["render"])
+        assert second is not None and second.attempt == "2"
+        started = encode_event(Started(), max_image_bytes=1)
+        assert not await state.publish(first, "w1", 50, 60, [started], seq=1)
+        assert await state.renew(first, "w1", 50) == (False, "")
+        assert await state.publish(second, "w2", 10_000, 60, [started], seq=1)
+        assert await state.publish(second, "w2", 10_000, 60, [started], seq=1)  # a retry: applied once
+        entries = await state.redis.xrange(state.keys.events("j"))
+        assert len(entries) == 1
+    finally:
+        await state.close()
