@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "render": "bot.commands.render",
     "download": "bot.commands.download",
     "doctor": "bot.commands.doctor",
+    "worker": "bot.commands.worker",
 }
 DEFAULT_COMMAND = "run"
 # (dest, global dest): the options given before the subcommand land in the global dests, so the

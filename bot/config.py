@@ -261,8 +261,41 @@ class QueueConfig(_Section):
     max_total: Annotated[int, Field(ge=1)] = 100
     job_timeout_s: Annotated[float, Field(gt=0)] = 900.0
     swap_models: Literal["auto", "always", "never"] = "auto"
+    # The render cluster (docs/scaling.md): "redis" sends jobs to `omost-bot worker` processes.
+    backend: Literal["local", "redis"] = "local"
+    redis_url_env: EnvName | None = None
+    redis_url: str | None = None
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "omost"
+    lease_s: Annotated[float, Field(gt=0)] = 15.0
+    heartbeat_s: Annotated[float, Field(gt=0)] = 2.0
+    max_result_mib: Annotated[float, Field(gt=0, le=256)] = 20.0
+    result_ttl_s: Annotated[int, Field(ge=60)] = 3600
 
-    _finite_timeout = field_validator("job_timeout_s")(_finite)
+    _finite_timeout = field_validator("job_timeout_s", "lease_s", "heartbeat_s")(_finite)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"(redis|rediss|unix)://", value):
+            raise PydanticCustomError("config_url", "expected a redis://, rediss:// or unix:// URL")
+        if value is not None and re.match(r"\w+://[^/@]*:[^/@]*@", value):
+            # Never echo it: a password belongs in the environment, not in a shareable file.
+            raise PydanticCustomError("config_secret", "carries a password: put the URL in redis_url_env")
+        return value
+
+    @model_validator(mode="after")
+    def _cluster_consistent(self) -> QueueConfig:
+        if self.backend == "redis" and not (self.redis_url_env or self.redis_url):
+            raise PydanticCustomError(
+                "config_key",
+                'is "redis", which needs queue.redis_url_env or queue.redis_url',
+                {"key": "backend"},
+            )
+        if self.lease_s < 2 * self.heartbeat_s:
+            raise PydanticCustomError(
+                "config_key", "must be at least twice queue.heartbeat_s", {"key": "lease_s"}
+            )
+        return self
 
     @model_validator(mode="after")
     def _caps_consistent(self) -> QueueConfig:
@@ -316,6 +349,7 @@ SECRET_KEYS: dict[str, str] = {
     "llm.api_key_env": "the API key of the OpenAI-compatible server",
     "telegram.token_env": "the Telegram bot token from @BotFather",
     "discord.token_env": "the Discord bot token from the developer portal",
+    "queue.redis_url_env": "the render cluster's Redis URL (redis://:PASSWORD@host:6379/0)",
 }
 """The *_env keys and what the variable they name should hold."""
 
@@ -520,7 +554,8 @@ def _problem(err: Mapping[str, Any]) -> ConfigProblem:
         loc.append(str(ctx["key"]))
         return ConfigProblem(_dotted(loc), str(err["msg"]))
     if kind.startswith("config_"):
-        got = "" if secret_key or kind == "config_env_name" else f", got {_describe(value)}"
+        quiet = secret_key or kind in {"config_env_name", "config_secret"}  # never echo a secret
+        got = "" if quiet else f", got {_describe(value)}"
         return ConfigProblem(_dotted(loc), f"{err['msg']}{got}")
     return ConfigProblem(_dotted(loc), str(err["msg"]))
 
