@@ -291,9 +291,8 @@ def _regex(node: Node, g: Grammar, *, bounded: bool) -> str:
     if isinstance(node, Alt):
         return "(?:" + "|".join(_regex(i, g, bounded=bounded) for i in node.items) + ")"
     inner = _regex(node.item, g, bounded=bounded)
-    if not (inner.startswith("(?:") and inner.endswith(")")) and not (
-        len(inner) == 1 or inner.startswith("[") and inner.endswith("]") and inner.count("[") == 1
-    ):
+    single = isinstance(node.item, CharSet | Alt) or (isinstance(node.item, Lit) and len(node.item.text) == 1)
+    if not single:
         inner = f"(?:{inner})"
     return inner + _count(node.lo, node.hi if bounded or node.hi == 1 else None, bounded=bounded)
 
