@@ -13,16 +13,31 @@ Also owns timeouts, retries and the errors a chat user sees:
 
 The API key is read from the environment variable named in the config, never from the config.
 Runs on an engine lane thread (synchronous httpx); it knows nothing of chats, torch or GPUs.
+
+Server dialects (`server`): where a server can enforce the Canvas grammar (omost_engine/grammar.py)
+it is sent in that server's own request field, so every answer parses:
+
+    vllm       structured_outputs: {"grammar": <GBNF>}
+    sglang     ebnf: <GBNF>
+    llama.cpp  grammar: <GBNF>
+    tgi        response_format: {"type": "regex", "value": <regex>}
+    ollama, generic   nothing: the engine repairs an answer that does not parse (llm/repair.py)
+
+"auto" probes the server once, on the first generation, through endpoints those servers really
+serve (Ollama GET /api/version, llama.cpp GET /props, TGI GET /info, SGLang GET /get_server_info,
+vLLM GET /version) and logs what it found. A server that answers 400/422 to the grammar field is
+reported once (log and the answer's notes) and the request is sent again without it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -30,7 +45,51 @@ from omost_engine.errors import BackendError, Interrupted
 from omost_engine.llm.base import ChatMessage, Generation, GenerationParams, GenerationStats
 from omost_engine.llm.context import with_system_prompt
 
+log = logging.getLogger(__name__)
+
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
+
+Server = Literal["auto", "vllm", "sglang", "llama.cpp", "tgi", "ollama", "generic"]
+SERVERS: tuple[str, ...] = ("auto", "vllm", "sglang", "llama.cpp", "tgi", "ollama", "generic")
+ENFORCING_SERVERS = frozenset({"vllm", "sglang", "llama.cpp", "tgi"})
+"""Dialects with a request field that enforces a grammar while the server decodes."""
+
+_GRAMMAR_KEYS = ("structured_outputs", "ebnf", "grammar", "response_format")
+
+
+def grammar_fields(server: str) -> dict[str, Any]:
+    """The request-body fields that carry the Canvas grammar in `server`'s dialect ({} if none)."""
+    from omost_engine.grammar import to_gbnf, to_regex
+
+    if server == "vllm":
+        return {"structured_outputs": {"grammar": to_gbnf()}}
+    if server == "sglang":
+        return {"ebnf": to_gbnf()}
+    if server == "llama.cpp":
+        return {"grammar": to_gbnf()}
+    if server == "tgi":
+        return {"response_format": {"type": "regex", "value": to_regex()}}
+    return {}
+
+
+def _probe(client: httpx.Client, root: str) -> tuple[str, str]:
+    """(dialect, evidence): which server answers at `root` (the base URL without /v1)."""
+    checks: list[tuple[str, str, Any]] = [
+        ("ollama", "/api/version", lambda d: "version" in d),
+        ("llama.cpp", "/props", lambda d: "default_generation_settings" in d),
+        ("tgi", "/info", lambda d: "model_id" in d and ("router" in d or "max_total_tokens" in d)),
+        ("sglang", "/get_server_info", lambda d: bool(d)),
+        ("vllm", "/version", lambda d: "version" in d),
+    ]
+    for dialect, path, looks_right in checks:
+        try:
+            response = client.get(root + path, timeout=3.0)
+            data = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(data, dict) and looks_right(data):
+            return dialect, f"GET {path} answered"
+    return "generic", "none of /api/version, /props, /info, /get_server_info, /version answered as expected"
 
 
 class OpenAIBackend:
@@ -50,7 +109,18 @@ class OpenAIBackend:
         retry_backoff: float = 0.5,
         max_retry_wait: float = 10.0,
         include_usage: bool = True,
+        server: Server = "auto",
+        constrain: Literal["auto", "off"] = "auto",
     ) -> None:
+        if server not in SERVERS:
+            raise ValueError(f"server must be one of {', '.join(SERVERS)}, not {server!r}")
+        if constrain not in ("auto", "off"):
+            raise ValueError(f"constrain must be 'auto' or 'off', not {constrain!r}")
+        self.server_setting = server
+        self.server: str | None = None if server == "auto" else server  # the dialect in use
+        self.constrain = constrain
+        self._grammar_rejected = False
+        self._probe_lock = threading.Lock()
         self.model = model
         self.name = f"openai:{model}"
         self.base_url = base_url.rstrip("/")
@@ -69,6 +139,57 @@ class OpenAIBackend:
                     "server's API key is not set."
                 )
         self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=connect_timeout))
+
+    # --- the server's dialect and the grammar --------------------------------------------
+
+    @property
+    def root_url(self) -> str:
+        """The server's root: base_url without its trailing /v1 (where the probe endpoints live)."""
+        return self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+
+    def detect_server(self) -> str:
+        """The dialect in use, probing the server once when `server = "auto"`."""
+        with self._probe_lock:
+            if self.server is None:
+                self.server, evidence = _probe(self._client, self.root_url)
+                how = (
+                    f"the Canvas grammar goes in its {next(iter(grammar_fields(self.server)))} field"
+                    if self.server in ENFORCING_SERVERS
+                    else "it cannot enforce the Canvas grammar; answers that do not parse get one repair turn"
+                )
+                log.info(
+                    "language model server at %s is %s (%s); %s", self.base_url, self.server, evidence, how
+                )
+            return self.server
+
+    @property
+    def enforces_grammar(self) -> bool:
+        """True when the server is sent the Canvas grammar and has not refused it."""
+        return (
+            self.constrain == "auto"
+            and self.server in ENFORCING_SERVERS
+            and not self._grammar_rejected
+        )
+
+    def _grammar_refused(
+        self, response: httpx.Response, body: dict[str, Any], stats: GenerationStats
+    ) -> bool:
+        """A 400/422 to a request carrying the grammar: report it once, drop the field, go on."""
+        sent = [k for k in _GRAMMAR_KEYS if k in body]
+        if response.status_code not in (400, 422) or not sent or not self.enforces_grammar:
+            return False
+        self._grammar_rejected = True
+        for key in sent:
+            del body[key]
+        detail = _message(_json_or_text(response))
+        note = (
+            f"The language model server at {self.base_url} ({self.server}) refused the Canvas grammar "
+            f"(HTTP {response.status_code}: {detail}); answers are no longer constrained, and one that "
+            "does not parse gets a repair turn."
+        )
+        log.warning("%s", note)
+        stats.notes.append(note)
+        return True
 
     # --- protocol ------------------------------------------------------------------------
 
@@ -99,6 +220,10 @@ class OpenAIBackend:
             body["seed"] = params.seed
         if self.include_usage:
             body["stream_options"] = {"include_usage": True}
+        if self.constrain == "auto":
+            self.detect_server()
+            if self.enforces_grammar:
+                body.update(grammar_fields(self.server or "generic"))
         return Generation(self._stream(body, stats, cancel), stats)
 
     # --- HTTP ----------------------------------------------------------------------------
@@ -125,6 +250,8 @@ class OpenAIBackend:
                 with self._client.stream("POST", url, json=body, headers=self._headers()) as response:
                     if response.status_code != 200:
                         response.read()
+                        if self._grammar_refused(response, body, stats):
+                            continue  # sent again at once without the grammar field
                         error, wait = self._http_error(response)
                         if wait is not None and attempt < self.retries:
                             attempt += 1
