@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "render": "bot.commands.render",
     "download": "bot.commands.download",
     "doctor": "bot.commands.doctor",
+    "grammar": "bot.commands.grammar",
 }
 
 

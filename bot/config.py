@@ -169,6 +169,9 @@ class LLMConfig(_Section):
     max_new_tokens: Annotated[int, Field(ge=1, le=32768)] = 4096
     quantize: Literal["none", "4bit", "8bit", "auto"] = "auto"
     device: Device = "auto"
+    # Issue 11: the server's dialect (where the grammar goes) and whether decoding is constrained.
+    server: Literal["auto", "vllm", "sglang", "llama.cpp", "tgi", "ollama", "generic"] = "auto"
+    constrain: Literal["auto", "off"] = "auto"
 
     _finite_temperature = field_validator("temperature", "top_p")(_finite)
 

@@ -57,6 +57,28 @@ def _weights(model: str) -> dict[str, Any]:
     }
 
 
+def _constraint(llm: Any) -> dict[str, Any]:
+    """Whether answers will be decoded under the Canvas grammar (issue 11), and how."""
+    if llm.constrain == "off":
+        return {"constrained": False, "how": 'constrain = "off": an answer that does not parse gets one repair turn'}
+    if llm.backend != "openai":
+        return {"constrained": True, "how": "local model: llguidance masks every token"}
+    from omost_engine.llm.openai_api import ENFORCING_SERVERS, grammar_fields, probe_server
+
+    if llm.server == "auto":
+        server, evidence = probe_server(str(llm.base_url))
+    else:
+        server, evidence = llm.server, "from the config"
+    if server in ENFORCING_SERVERS:
+        field = next(iter(grammar_fields(server)))
+        return {"constrained": True, "server": server, "how": f"{server} ({evidence}): grammar in `{field}`"}
+    return {
+        "constrained": False,
+        "server": server,
+        "how": f"{server} ({evidence}) cannot enforce a grammar: one repair turn per bad answer",
+    }
+
+
 def report(config: Any) -> dict[str, Any]:
     tokens = {}
     for key in ("telegram.token_env", "discord.token_env", "llm.api_key_env"):
@@ -72,6 +94,7 @@ def report(config: Any) -> dict[str, Any]:
         "config": config.source,
         "gpu": _gpu(),
         "weights": {"llm": llm_weights, "render": _weights(config.render.model)},
+        "grammar": _constraint(config.llm),
         "tokens": tokens,
         "platforms": {"telegram": config.telegram.enabled, "discord": config.discord.enabled},
         "settings": json.loads(config.model_dump_json()),
@@ -95,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
     for name, w in data["weights"].items():
         state = "ok" if w["present"] else ("remote" if w["present"] is None else "MISSING")
         print(f"{name + ':':9} {w['model']} [{state}] {w['where']}")
+    grammar = data["grammar"]
+    print(f"grammar:  {'constrained' if grammar['constrained'] else 'NOT constrained'}: {grammar['how']}")
     for key, t in data["tokens"].items():
         print(f"token:    {key} -> ${t['variable']} {'set' if t['set'] else 'NOT SET'}")
     enabled = [p for p, on in data["platforms"].items() if on] or ["terminal chat only"]

@@ -72,6 +72,14 @@ def grammar_fields(server: str) -> dict[str, Any]:
     return {}
 
 
+def probe_server(base_url: str, timeout: float = 3.0) -> tuple[str, str]:
+    """(dialect, evidence) for the server at `base_url` (ending in /v1), as "auto" would find it."""
+    root = base_url.rstrip("/")
+    root = root[: -len("/v1")] if root.endswith("/v1") else root
+    with httpx.Client(timeout=timeout) as client:
+        return _probe(client, root)
+
+
 def _probe(client: httpx.Client, root: str) -> tuple[str, str]:
     """(dialect, evidence): which server answers at `root` (the base URL without /v1)."""
     checks: list[tuple[str, str, Any]] = [
