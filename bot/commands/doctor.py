@@ -60,7 +60,8 @@ def _weights(model: str) -> dict[str, Any]:
 def _constraint(llm: Any) -> dict[str, Any]:
     """Whether answers will be decoded under the Canvas grammar (issue 11), and how."""
     if llm.constrain == "off":
-        return {"constrained": False, "how": 'constrain = "off": an answer that does not parse gets one repair turn'}
+        how = 'constrain = "off": an answer that does not parse gets one repair turn'
+        return {"constrained": False, "how": how}
     if llm.backend != "openai":
         return {"constrained": True, "how": "local model: llguidance masks every token"}
     from omost_engine.llm.openai_api import ENFORCING_SERVERS, grammar_fields, probe_server
