@@ -277,7 +277,7 @@ def _sampling_tokenizer() -> Any:
     return build_tokenizer()
 
 
-def sample_under_grammar(grammar: tuple[str, str], seed: int, max_tokens: int = 400) -> str:
+def sample_under_grammar(grammar: tuple[str, str], seed: int, max_tokens: int = 250) -> str:
     """Text sampled from random logits under the grammar a request carried (the server's job).
 
     The mask comes from the grammar as sent (GBNF or regex, compiled by llguidance); near the
