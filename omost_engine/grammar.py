@@ -4,7 +4,8 @@ Owns a small grammar tree (literals, character sets, sequences, alternatives, bo
 built from the parser's own vocabularies and limits (canvas.py's LOCATIONS/OFFSETS/AREAS/COLORS,
 canvas_code.py's keyword tables and MAX_* limits), and its three renderings:
 
-    to_lark()    llguidance's Lark dialect (the local backend's matcher; SGLang's llguidance backend)
+    to_lark()    llguidance's Lark dialect (the local backend's matcher; SGLang's llguidance backend);
+                 string and comment lengths are left to the processor (LEXEME_MAX_COUNT)
     to_gbnf()    GBNF: llama.cpp's `grammar`, vLLM's `structured_outputs.grammar`, SGLang's `ebnf`
     to_regex()   one regular expression for servers that take only that (TGI); string lengths and
                  repeat counts are left unbounded there (`*`), because bounded repeats multiply the
@@ -271,36 +272,45 @@ def _class(cs: CharSet) -> str:
     return "[" + ("^" if cs.negate else "") + "".join(parts) + "]"
 
 
-def _count(lo: int, hi: int | None, *, bounded: bool) -> str:
-    if hi is None or not bounded:
+def _count(lo: int, hi: int | None, *, max_count: int | None = None) -> str:
+    """A repeat suffix; a bound above `max_count` is dropped (the repeat becomes unbounded)."""
+    if hi is not None and max_count is not None and hi > max_count:
+        hi = None
+    if hi is None:
         return "*" if lo == 0 else ("+" if lo == 1 else f"{{{lo},}}")
     if (lo, hi) == (0, 1):
         return "?"
     return f"{{{lo}}}" if lo == hi else f"{{{lo},{hi}}}"
 
 
-def _regex(node: Node, g: Grammar, *, bounded: bool) -> str:
+def _regex(node: Node, g: Grammar, *, max_count: int | None) -> str:
     if isinstance(node, Lit):
         return "".join(_escape_char(ord(c), in_class=False) for c in node.text)
     if isinstance(node, CharSet):
         return _class(node)
     if isinstance(node, Ref):
-        return _regex(g.rules[node.name], g, bounded=bounded)
+        return _regex(g.rules[node.name], g, max_count=max_count)
     if isinstance(node, Seq):
-        return "".join(_regex(i, g, bounded=bounded) for i in node.items)
+        return "".join(_regex(i, g, max_count=max_count) for i in node.items)
     if isinstance(node, Alt):
-        return "(?:" + "|".join(_regex(i, g, bounded=bounded) for i in node.items) + ")"
-    inner = _regex(node.item, g, bounded=bounded)
+        return "(?:" + "|".join(_regex(i, g, max_count=max_count) for i in node.items) + ")"
+    inner = _regex(node.item, g, max_count=max_count)
     single = isinstance(node.item, CharSet | Alt) or (isinstance(node.item, Lit) and len(node.item.text) == 1)
     if not single:
         inner = f"(?:{inner})"
-    return inner + _count(node.lo, node.hi if bounded or node.hi == 1 else None, bounded=bounded)
+    return inner + _count(node.lo, node.hi, max_count=max_count)
+
+
+LEXEME_MAX_COUNT = 64
+"""Repeat bounds above this are left out of the Lark lexemes (string bodies, comments): a counted
+repeat makes every character a new lexer state, which costs the mask ~100x (bench_grammar.py).
+The local processor enforces MAX_STRING_CHARS itself instead (llm/constrain.py)."""
 
 
 def to_regex(grammar: Grammar | None = None) -> str:
     """One regular expression for the whole answer (strings and repeats unbounded; see above)."""
     g = grammar or canvas_grammar()
-    return _regex(g.rules[g.start], g, bounded=False)
+    return _regex(g.rules[g.start], g, max_count=16)
 
 
 # --- rendering: Lark (llguidance) and GBNF ---------------------------------------------------
@@ -336,7 +346,7 @@ def _bnf(node: Node, name_of: dict[str, str], *, gbnf: bool) -> str:
     inner = _bnf(node.item, name_of, gbnf=gbnf)
     if not isinstance(node.item, Ref | CharSet | Lit | Alt):
         inner = f"({inner})"
-    return inner + _count(node.lo, node.hi, bounded=True)
+    return inner + _count(node.lo, node.hi)
 
 
 def to_lark(grammar: Grammar | None = None) -> str:
@@ -346,7 +356,7 @@ def to_lark(grammar: Grammar | None = None) -> str:
     lines = []
     for name, node in g.rules.items():
         if name in g.lexemes:
-            lines.append(f"{name}: /{_regex(node, g, bounded=True)}/")
+            lines.append(f"{name}: /{_regex(node, g, max_count=LEXEME_MAX_COUNT)}/")
         else:
             lines.append(f"{name_of[name]}: {_bnf(node, name_of, gbnf=False)}")
     return "\n".join(lines) + "\n"

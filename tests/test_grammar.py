@@ -74,10 +74,26 @@ def test_the_omost_styles_are_accepted(bpe: Any) -> None:
 
 # The parser's hostile corpus is all a grammar matter: imports, attribute access, calls to anything
 # else, positional arguments, unknown names, bad numbers, bad nesting, oversize values.
-@pytest.mark.parametrize("code", [c[1] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
-def test_the_hostile_corpus_is_refused(code: str, bpe: Any) -> None:
+# Lengths are the exception: the local matcher's lexemes leave them to the processor (tested
+# below, a runaway string is closed at the limit), so those two go through the bounded GBNF.
+LENGTH_LIMITS = {"megabyte-string", "huge-input"}
+
+
+def accepts_gbnf(tokenizer: Any, text: str) -> bool:
+    import llguidance
+    from llguidance.gbnf_to_lark import gbnf_to_lark
+
+    view = tokenizer_view(tokenizer, len(tokenizer))
+    grammar = llguidance.LLMatcher.grammar_from_lark(gbnf_to_lark(to_gbnf()))
+    matcher = llguidance.LLMatcher(view.ll_tokenizer, grammar, log_level=0)
+    ids = view.ll_tokenizer.tokenize_str(text)
+    return matcher.try_consume_tokens(ids) == len(ids) and matcher.is_accepting()
+
+
+@pytest.mark.parametrize(("name", "code"), [c[:2] for c in HOSTILE], ids=[c[0] for c in HOSTILE])
+def test_the_hostile_corpus_is_refused(name: str, code: str, bpe: Any) -> None:
     text = code if code.lstrip().startswith(("```", "Here", "I cannot")) else fenced(code)
-    assert not accepts(bpe, text)
+    assert not (accepts_gbnf if name in LENGTH_LIMITS else accepts)(bpe, text)
 
 
 @pytest.mark.parametrize(
@@ -107,7 +123,7 @@ def test_the_vocabularies_come_from_the_parser() -> None:
     for name in (*LOCATIONS, *OFFSETS, *AREAS, *COLORS):
         assert f'"\'{name}\'"' in gbnf
     assert f"{{0,{MAX_STRING_CHARS}}}" in gbnf and f"{{0,{MAX_REGIONS}}}" in gbnf
-    assert f"{{0,{MAX_LIST_ITEMS - 1}}}" in gbnf and f"{{0,{MAX_STRING_CHARS}}}" in to_lark()
+    assert f"{{0,{MAX_LIST_ITEMS - 1}}}" in gbnf and f"{{0,{MAX_REGIONS}}}" in to_lark()
 
 
 def test_gbnf_reads_the_same_in_two_other_engines(bpe: Any) -> None:
@@ -205,3 +221,23 @@ def test_sentencepiece_style_sampling_parses_too(sentencepiece: Any) -> None:
         text, used = sample(sentencepiece, seed, 400, 3.0)
         assert used <= 400
         _valid_in_every_rule(parse(text))
+
+
+def test_a_runaway_string_is_closed_at_the_parsers_limit(bpe: Any) -> None:
+    # A "model" that only ever wants to write the letter a: the description would run forever.
+    view = tokenizer_view(bpe, len(bpe))
+    budget = MAX_STRING_CHARS + 400
+    processor = CanvasLogitsProcessor(view, 0, budget, bpe.eos_token_id)
+    favourite = bpe.convert_tokens_to_ids("a")
+    opening = "```python\ncanvas = Canvas()\ncanvas.set_global_description(description='"
+    ids: list[int] = bpe.encode(opening, add_special_tokens=False)
+    while len(ids) < budget:
+        scores = torch.zeros(1, len(bpe))
+        scores[0, favourite] = 50.0
+        token = int(processor(torch.tensor([ids], dtype=torch.long), scores)[0].argmax())
+        ids.append(token)
+        if token == bpe.eos_token_id:
+            break
+    canvas = parse(bpe.decode(ids, skip_special_tokens=True))
+    description = canvas.global_description.description
+    assert set(description[:-1]) == {"a"} and MAX_STRING_CHARS - 60 < len(description) <= MAX_STRING_CHARS + 1

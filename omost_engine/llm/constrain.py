@@ -22,6 +22,11 @@ mask; after it, the processor forces the shortest completion (the longest allowe
 spells the next part of it), then the stop token. Tokens longer than `MAX_TOKEN_CHARS` bytes are
 never allowed, so the bound holds for every allowed token.
 
+Lengths: the Lark lexemes leave string and comment lengths unbounded (a counted repeat costs the
+mask about 100x, see grammar.LEXEME_MAX_COUNT), so the processor follows strings itself (`_Scan`)
+and closes one before its value reaches canvas_code.MAX_STRING_CHARS, and closes the canvas
+before the answer nears MAX_INPUT_CHARS.
+
 It knows nothing of chats, queues or the renderer; torch and llguidance are imported lazily.
 """
 
@@ -33,6 +38,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from omost_engine.canvas_code import MAX_INPUT_CHARS, MAX_STRING_CHARS
 from omost_engine.grammar import CanvasAutomaton, canvas_automaton, to_lark
 
 MAX_TOKEN_CHARS = 48
@@ -89,6 +95,43 @@ def _build_view(tokenizer: Any, vocab_size: int) -> TokenizerView:
     return TokenizerView(ll, grammar, spelled, by_bytes, too_long, vocab_size)
 
 
+@dataclass(frozen=True)
+class _Scan:
+    """Where the text stands lexically: inside which string (and how long its value is so far)."""
+
+    quote: str = ""  # the open string's quote, "" outside strings
+    escape: bool = False
+    length: int = 0  # characters of the open string's value
+    comment: bool = False
+    total: int = 0  # characters of the answer so far
+
+    def feed(self, text: str) -> _Scan:
+        quote, escape, length, comment = self.quote, self.escape, self.length, self.comment
+        for ch in text:
+            if quote:
+                if escape:
+                    escape, length = False, length + 1
+                elif ch == "\\":
+                    escape = True
+                elif ch == quote:
+                    quote, length = "", 0
+                else:
+                    length += 1
+            elif comment:
+                comment = ch != "\n"
+            elif ch in "'\"":
+                quote, length = ch, 0
+            elif ch == "#":
+                comment = True
+        return _Scan(quote, escape, length, comment, self.total + len(text))
+
+    def must_close(self) -> bool:
+        """True when one more token could overrun a parser limit (a string's or the answer's)."""
+        if self.quote and self.length + MAX_TOKEN_CHARS >= MAX_STRING_CHARS:
+            return True
+        return self.total + 4 * 1024 >= MAX_INPUT_CHARS  # the longest completion is under 1 KB
+
+
 class CanvasLogitsProcessor:
     """A transformers logits processor for one generation (batch size 1) under the Canvas grammar.
 
@@ -107,8 +150,8 @@ class CanvasLogitsProcessor:
         self.matcher = llguidance.LLMatcher(view.ll_tokenizer, view.grammar, log_level=0)
         self.automaton: CanvasAutomaton = canvas_automaton()
         self.tokens: list[int] = []  # consumed by the matcher, in order
-        # Per consumed token (and one for the start): automaton states and undecoded UTF-8 tail.
-        self._states: list[tuple[frozenset[int], bytes]] = [(self.automaton.start, b"")]
+        # Per consumed token (and one for the start): automaton states, undecoded UTF-8 tail, scan.
+        self._states: list[tuple[frozenset[int], bytes, _Scan]] = [(self.automaton.start, b"", _Scan())]
         self.forced_tokens = 0
         self.reach_chars = MAX_TOKEN_CHARS
 
@@ -134,13 +177,15 @@ class CanvasLogitsProcessor:
             self._states.append(self._advance(self._states[-1], token))
         return True
 
-    def _advance(self, state: tuple[frozenset[int], bytes], token: int) -> tuple[frozenset[int], bytes]:
-        states, tail = state
+    def _advance(
+        self, state: tuple[frozenset[int], bytes, _Scan], token: int
+    ) -> tuple[frozenset[int], bytes, _Scan]:
+        states, tail, scan = state
         data = tail + self.view.token_bytes[token]
         decoder = codecs.getincrementaldecoder("utf-8")()
         text = decoder.decode(data)
         pending = decoder.getstate()[0]
-        return self.automaton.feed(states, text), pending
+        return self.automaton.feed(states, text), pending, scan.feed(text)
 
     # --- the mask ----------------------------------------------------------------------------
 
@@ -155,7 +200,7 @@ class CanvasLogitsProcessor:
 
     def _forced(self, allowed: Any) -> int | None:
         """The longest allowed token spelling the start of the shortest completion, if any."""
-        states, pending = self._states[-1]
+        states, pending, _ = self._states[-1]
         if pending:
             return None  # mid-character: let the mask finish the character first
         path = self.automaton.completion(states).encode("utf-8")
@@ -183,9 +228,9 @@ class CanvasLogitsProcessor:
             allowed = torch.cat([allowed, torch.zeros(width - allowed.shape[0], dtype=torch.bool)])
         allowed = allowed[:width].to(scores.device)
         left = self.max_new_tokens - len(generated)
-        states, _ = self._states[-1]
+        states, _, scan = self._states[-1]
         # Free choice only while any allowed token still leaves room to close the canvas after it.
-        if left >= self.automaton.reach(states, self.reach_chars) + 2:
+        if left >= self.automaton.reach(states, self.reach_chars) + 2 and not scan.must_close():
             return torch.where(allowed.unsqueeze(0), scores, out)
         token = self._forced(allowed)
         if token is None:
