@@ -473,6 +473,7 @@ class CanvasAutomaton:
         self._dist, self._hop = self._distances()
         self._step_cache: dict[tuple[frozenset[int], str], frozenset[int]] = {}
         self._reach: dict[int, Any] = {}
+        self._completions: dict[frozenset[int], str] = {}
 
     @staticmethod
     def _closure(eps: list[list[int]], s: int) -> frozenset[int]:
@@ -530,6 +531,10 @@ class CanvasAutomaton:
 
     def completion(self, states: frozenset[int]) -> str:
         """The shortest text that ends a canvas from `states` ('' when already complete)."""
+        cached = self._completions.get(states)
+        if cached is not None:
+            return cached
+        start = states
         out: list[str] = []
         while states and not any(self._accepting[s] for s in states):
             best = min(states, key=lambda s: self._dist[s])
@@ -539,7 +544,10 @@ class CanvasAutomaton:
             ch, _ = hop
             out.append(ch)
             states = self.step(states, ch)
-        return "".join(out)
+        text = "".join(out)
+        if len(self._completions) < 100_000:
+            self._completions[start] = text
+        return text
 
     def reach(self, states: frozenset[int], k: int) -> int:
         """An upper bound on distance() after at most k more characters from `states`."""

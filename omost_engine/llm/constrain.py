@@ -53,7 +53,7 @@ class TokenizerView:
     grammar: str  # llguidance's serialised grammar (from the Lark form)
     token_bytes: list[bytes]  # per id; b"" for special tokens
     by_bytes: dict[bytes, int]  # spelling -> id, to force the shortest completion
-    too_long: Any  # torch.bool tensor over the vocabulary: tokens longer than MAX_TOKEN_CHARS
+    allowed_length: Any  # numpy bool array over the vocabulary: tokens of MAX_TOKEN_CHARS or fewer
     vocab_size: int
 
 
@@ -74,7 +74,7 @@ def tokenizer_view(tokenizer: Any, vocab_size: int) -> TokenizerView:
 def _build_view(tokenizer: Any, vocab_size: int) -> TokenizerView:
     import llguidance
     import llguidance.hf
-    import torch
+    import numpy as np
 
     ll = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab_size)
     grammar = llguidance.LLMatcher.grammar_from_lark(to_lark())
@@ -91,8 +91,8 @@ def _build_view(tokenizer: Any, vocab_size: int) -> TokenizerView:
     for i, b in enumerate(spelled):
         if b and b not in by_bytes:
             by_bytes[b] = i
-    too_long = torch.tensor([len(b) > MAX_TOKEN_CHARS for b in spelled], dtype=torch.bool)
-    return TokenizerView(ll, grammar, spelled, by_bytes, too_long, vocab_size)
+    allowed_length = np.array([len(b) <= MAX_TOKEN_CHARS for b in spelled], dtype=bool)
+    return TokenizerView(ll, grammar, spelled, by_bytes, allowed_length, vocab_size)
 
 
 @dataclass(frozen=True)
@@ -154,6 +154,7 @@ class CanvasLogitsProcessor:
         self._states: list[tuple[frozenset[int], bytes, _Scan]] = [(self.automaton.start, b"", _Scan())]
         self.forced_tokens = 0
         self.reach_chars = MAX_TOKEN_CHARS
+        self.automaton.reach(self.automaton.start, self.reach_chars)  # builds the table once, here
 
     # --- keeping the matcher on the prefix it is asked about ---------------------------------
 
@@ -190,13 +191,14 @@ class CanvasLogitsProcessor:
     # --- the mask ----------------------------------------------------------------------------
 
     def _allowed(self) -> Any:
+        """The grammar's mask as a bool tensor over the vocabulary (one numpy unpack, no loops)."""
+        import numpy as np
         import torch
 
-        words = (self.view.vocab_size + 31) // 32
-        bits = torch.frombuffer(bytearray(self.matcher.compute_bitmask()), dtype=torch.int32)[:words]
-        shifts = torch.arange(32, dtype=torch.int32)
-        allowed = ((bits.unsqueeze(-1) >> shifts) & 1).flatten()[: self.view.vocab_size].bool()
-        return allowed & ~self.view.too_long
+        bits = np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8)
+        allowed = np.unpackbits(bits, bitorder="little")[: self.view.vocab_size].astype(bool)
+        allowed &= self.view.allowed_length
+        return torch.from_numpy(allowed)
 
     def _forced(self, allowed: Any) -> int | None:
         """The longest allowed token spelling the start of the shortest completion, if any."""
@@ -219,8 +221,8 @@ class CanvasLogitsProcessor:
         if not self._sync(generated):
             return scores
         width = scores.shape[-1]
-        out = torch.full_like(scores, float("-inf"))
         if self.matcher.is_stopped() or self.matcher.is_accepting():
+            out = torch.full_like(scores, float("-inf"))
             out[0, self.stop_id] = 0.0  # the closing fence is written: end the answer
             return out
         allowed = self._allowed()
@@ -231,10 +233,11 @@ class CanvasLogitsProcessor:
         states, _, scan = self._states[-1]
         # Free choice only while any allowed token still leaves room to close the canvas after it.
         if left >= self.automaton.reach(states, self.reach_chars) + 2 and not scan.must_close():
-            return torch.where(allowed.unsqueeze(0), scores, out)
+            return scores.masked_fill(~allowed.unsqueeze(0), float("-inf"))
         token = self._forced(allowed)
         if token is None:
-            return torch.where(allowed.unsqueeze(0), scores, out)
+            return scores.masked_fill(~allowed.unsqueeze(0), float("-inf"))
         self.forced_tokens += 1
+        out = torch.full_like(scores, float("-inf"))
         out[0, token] = 0.0
         return out
