@@ -93,3 +93,12 @@ def test_a_server_that_refuses_the_grammar_is_reported_once_and_the_bot_carries_
 def test_an_unknown_dialect_name_is_refused() -> None:
     with pytest.raises(ValueError, match="server must be one of"):
         OpenAIBackend("m", "http://127.0.0.1:1/v1", server="vllm2")  # type: ignore[arg-type]
+
+
+def test_an_unreachable_server_is_probed_again_next_time() -> None:
+    with FakeOpenAIServer(dialect="vllm") as server:
+        url = server.base_url
+    backend = OpenAIBackend("omost-llama-3-8b", url, retries=0)  # nothing listens there any more
+    assert backend.detect_server() == "generic" and backend.server is None
+    assert not backend.enforces_grammar
+    backend.close()

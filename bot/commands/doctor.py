@@ -68,6 +68,7 @@ def _constraint(llm: Any) -> dict[str, Any]:
 
     if llm.server == "auto":
         server, evidence = probe_server(str(llm.base_url))
+        server = server or "unreachable"
     else:
         server, evidence = llm.server, "from the config"
     if server in ENFORCING_SERVERS:

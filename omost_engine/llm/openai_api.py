@@ -89,14 +89,20 @@ def _probe(client: httpx.Client, root: str) -> tuple[str, str]:
         ("sglang", "/get_server_info", lambda d: bool(d)),
         ("vllm", "/version", lambda d: "version" in d),
     ]
+    reached = False
     for dialect, path, looks_right in checks:
         try:
             response = client.get(root + path, timeout=3.0)
+            reached = True
             data = response.json() if response.status_code == 200 else None
+        except httpx.TransportError:
+            continue  # refused or timed out: says nothing about the dialect
         except (httpx.HTTPError, json.JSONDecodeError, UnicodeDecodeError):
             continue
         if isinstance(data, dict) and looks_right(data):
             return dialect, f"GET {path} answered"
+    if not reached:
+        return "", "the server did not answer any probe"
     return "generic", "none of /api/version, /props, /info, /get_server_info, /version answered as expected"
 
 
@@ -159,7 +165,11 @@ class OpenAIBackend:
         """The dialect in use, probing the server once when `server = "auto"`."""
         with self._probe_lock:
             if self.server is None:
-                self.server, evidence = _probe(self._client, self.root_url)
+                found, evidence = _probe(self._client, self.root_url)
+                if not found:  # unreachable now: send this request plain and probe again next time
+                    log.warning("cannot probe the model server at %s: %s", self.base_url, evidence)
+                    return "generic"
+                self.server = found
                 how = (
                     f"the Canvas grammar goes in its {next(iter(grammar_fields(self.server)))} field"
                     if self.server in ENFORCING_SERVERS
