@@ -3,16 +3,22 @@
 An adapter turns a platform event into `Incoming` (or `ButtonPress`) and calls the `Handler` the
 bot implements; the bot answers with `Post`s that the adapter sends or edits, getting back
 `MessageRef`s it links to the turn. Adapters own their platform's limits (text length, captions,
-file sizes, edit pacing, escaping, mentions); the bot never sees a platform object.
+file sizes, escaping, mentions) and declare how fast one message may be edited
+(`edit_interval`); the bot paces its edits to that, in one place (bot/turns/status.py).
+
+Besides the data, this module holds the few things every adapter needs the same way, so each is
+written once: the button codec (`omost:<action>:<turn id>`), text clipping and a bounded memory.
 
 This module must not import torch, the engine or any platform library.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Generic, Literal, Protocol, TypeVar
 
 ButtonAction = Literal["seed", "rewrite", "hires", "retry", "cancel"]
 BUTTON_ACTIONS: tuple[ButtonAction, ...] = ("seed", "rewrite", "hires", "retry", "cancel")
@@ -23,6 +29,15 @@ BUTTON_LABELS: Mapping[ButtonAction, str] = {
     "retry": "Retry",
     "cancel": "Cancel",
 }
+
+
+class PlatformStartError(RuntimeError):
+    """An adapter could not start (the platform never became ready); str() names the platform and
+    what happened, for the operator's one-line start-up error."""
+
+    def __init__(self, platform: str, message: str) -> None:
+        self.platform = platform
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -50,7 +65,10 @@ class Incoming:
 
     `command` is the platform-neutral command name without its slash ("new", "cancel", "help",
     "settings", "undo", "seed", "size", "omost"); `text` then holds its arguments. `options` are
-    structured command options (Discord slash-command options, console flags).
+    structured command options (Discord slash-command options, a settings keyboard's value,
+    console flags such as `turn`). `answer_in_place` is an adapter's own id of something the
+    bot's reply should answer in place rather than as a new message (a Discord interaction, the
+    Telegram settings keyboard that was pressed): the bot copies it to its reply's `in_place`.
     """
 
     platform: str
@@ -67,6 +85,7 @@ class Incoming:
     private: bool = True  # a one-to-one chat (DM, private chat, the terminal)
     roles: tuple[str, ...] = ()  # platform roles or groups the user has, for access lists
     guild: str = ""  # the server the chat belongs to (a Discord guild id), for access lists
+    answer_in_place: str = ""
 
 
 @dataclass(frozen=True)
@@ -110,6 +129,9 @@ class Post:
 
     `image` is shown inline with `text` as its caption where the platform allows; `files` travel
     as documents; `buttons` go on the image (or on the text when there is no image).
+    `settings_keyboard` asks for the platform's settings controls under the text (Telegram's
+    inline keyboard; platforms with their own settings command ignore it). `in_place` answers
+    an `Incoming.answer_in_place` in place.
     """
 
     text: str = ""
@@ -121,6 +143,8 @@ class Post:
     turn_id: int | None = None  # the turn this post belongs to (the terminal labels posts with it)
     code: str = ""  # status posts while the model writes: the answer so far (the terminal streams it)
     progress: tuple[int, int] | None = None  # status posts while drawing: (step, steps)
+    settings_keyboard: bool = False
+    in_place: str = ""
 
 
 class Handler(Protocol):
@@ -128,12 +152,18 @@ class Handler(Protocol):
 
     async def on_message(self, adapter: Adapter, message: Incoming) -> None: ...
 
-    async def on_button(self, adapter: Adapter, press: ButtonPress) -> None: ...
+    async def on_button(self, adapter: Adapter, press: ButtonPress) -> str | None:
+        """Handle a press; returns a short answer for the presser alone (shown privately: a
+        Telegram callback answer, a Discord ephemeral message), or None when there is none."""
+        ...
 
 
 class Adapter(Protocol):
     platform: str
-    min_edit_interval: float  # seconds between edits of one message the platform tolerates
+
+    def edit_interval(self, chat: str) -> float:
+        """Seconds between two edits of one message in `chat` that the platform tolerates."""
+        ...
 
     async def start(self, handler: Handler) -> None:
         """Connect and begin delivering events to `handler`; returns once running."""
@@ -146,8 +176,99 @@ class Adapter(Protocol):
         ...
 
     async def edit(self, ref: MessageRef, post: Post) -> MessageRef:
-        """Edit a text message in place. When it cannot be edited any more, send a new one and
+        """Edit a text message in place, now. When it cannot be edited any more, send a new one and
         return its ref (the bot re-links it)."""
         ...
 
-    async def delete(self, ref: MessageRef) -> None: ...
+
+# --- the button codec -----------------------------------------------------------------------------
+
+BUTTON_PREFIX = "omost"
+BUTTON_PATTERN = rf"{BUTTON_PREFIX}:(?P<action>[a-z]+):(?P<turn>\d+)"
+"""What a button's platform id looks like (Discord's DynamicItem template matches it)."""
+
+
+def encode_button(button: Button) -> str:
+    """`omost:<action>:<turn id>`: names the turn, so a press works after any restart. Telegram's
+    callback data allows 64 bytes: the longest action with a 64-bit turn id takes 27."""
+    return f"{BUTTON_PREFIX}:{button.action}:{button.turn_id}"
+
+
+def decode_button(data: str) -> tuple[ButtonAction, int] | None:
+    """(action, turn id) from `omost:<action>:<turn id>`, or None for anything else."""
+    m = re.fullmatch(BUTTON_PATTERN, data)
+    if m is None:
+        return None
+    for action in BUTTON_ACTIONS:
+        if action == m["action"]:
+            return action, int(m["turn"])
+    return None
+
+
+# --- text clipping --------------------------------------------------------------------------------
+
+
+def clip_text(text: str, limit: int) -> tuple[str, bool]:
+    """`text` within `limit` characters, cut at a line or word end with "…"; (text, was it cut)."""
+    if len(text) <= limit:
+        return text, False
+    head = text[: limit - 1]
+    for sep in ("\n", " "):
+        at = head.rfind(sep)
+        if at > limit * 0.6:
+            head = head[:at]
+            break
+    return head.rstrip() + "…", True
+
+
+def clipped(text: str, limit: int) -> str:
+    """`clip_text` when only the text matters."""
+    return clip_text(text, limit)[0]
+
+
+# --- bounded memory -------------------------------------------------------------------------------
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class BoundedMap(Generic[K, V]):
+    """A dict that remembers at most `size` keys, forgetting the least recently set first: what an
+    adapter remembers about messages and events it has seen, without growing for ever."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("a BoundedMap holds at least one key")
+        self._items: OrderedDict[K, V] = OrderedDict()
+        self.size = size
+
+    def __setitem__(self, key: K, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def __getitem__(self, key: K) -> V:
+        return self._items[key]
+
+    def get(self, key: K, default: V | None = None) -> V | None:
+        return self._items.get(key, default)
+
+    def pop(self, key: K, default: V | None = None) -> V | None:
+        return self._items.pop(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[K]:
+        return iter(self._items)
+
+    def first_time(self, key: K, value: V) -> bool:
+        """Remember `key`; True if it was not remembered before (to drop replayed events)."""
+        if key in self._items:
+            return False
+        self[key] = value
+        return True

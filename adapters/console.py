@@ -28,7 +28,7 @@ from typing import TextIO
 from rich.console import Console
 from rich.syntax import Syntax
 
-from adapters.base import Handler, Incoming, MessageRef, OutFile, Post
+from adapters.base import BoundedMap, Handler, Incoming, MessageRef, OutFile, Post
 
 PLATFORM = "console"
 CHAT = "local"
@@ -37,7 +37,6 @@ COMMANDS = ("new", "undo", "cancel", "help", "settings", "seed", "size", "steps"
 
 class ConsoleAdapter:
     platform = PLATFORM
-    min_edit_interval = 0.0  # a terminal takes every edit
 
     def __init__(
         self,
@@ -58,10 +57,13 @@ class ConsoleAdapter:
         self._ids = (f"{self._run}-{n}" for n in itertools.count(1))
         self._handler: Handler | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._printed_code: dict[str, int] = {}  # status message id -> code lines already shown
-        self._last_status: dict[str, str] = {}
+        self._printed_code: BoundedMap[str, int] = BoundedMap(256)  # status id -> code lines shown
+        self._last_status: BoundedMap[str, str] = BoundedMap(256)
 
     # --- the port ----------------------------------------------------------------------------
+
+    def edit_interval(self, chat: str) -> float:
+        return 0.0  # a terminal takes every edit
 
     async def start(self, handler: Handler) -> None:
         self._handler = handler
@@ -84,9 +86,6 @@ class ConsoleAdapter:
     async def edit(self, ref: MessageRef, post: Post) -> MessageRef:
         self._show(ref, post)
         return ref
-
-    async def delete(self, ref: MessageRef) -> None:
-        return None
 
     # --- output ------------------------------------------------------------------------------
 
@@ -115,7 +114,7 @@ class ConsoleAdapter:
         if post.code:
             lines = post.code.split("\n")
             complete = lines[:-1]  # the last line may still be growing
-            shown = self._printed_code.get(ref.message_id, 0)
+            shown = self._printed_code.get(ref.message_id) or 0
             fresh = complete[shown:]
             if fresh:
                 self.console.print(

@@ -3,8 +3,8 @@
 It translates, nothing more: Discord events become `Incoming`/`ButtonPress` for the bot's
 `Handler`, and the bot's `Post`s become Discord messages. It owns Discord's limits: 2000
 characters of content, 4096 of embed description, the 10 MiB file limit (a PNG too large is sent
-as JPEG), edit pacing (edits of one message are coalesced to at most one a second: the latest
-state always lands), and mentions (allowed_mentions is empty on every message: the bot never
+as JPEG), how often a message may be edited (`edit_interval`; the bot paces its edits to it), and
+mentions (allowed_mentions is empty on every message: the bot never
 pings anyone from user or model text).
 
 Where a conversation lives (the store keys conversations by (platform, chat, thread) and message
@@ -37,42 +37,29 @@ import logging
 import random
 import re
 import sys
-import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
 import discord
 from discord import app_commands
 
 from adapters.base import (
     BUTTON_ACTIONS,
+    BUTTON_PATTERN,
     Attachment,
+    BoundedMap,
     Button,
     ButtonPress,
     Handler,
     Incoming,
     MessageRef,
     OutFile,
+    PlatformStartError,
     Post,
+    clipped,
+    encode_button,
 )
-
-
-class _DiscordSection(Protocol):
-    @property
-    def guild_ids(self) -> Sequence[int]: ...
-    @property
-    def create_threads(self) -> bool: ...
-
-
-class _Config(Protocol):
-    """What the adapter reads of bot.config.Config (the adapter must not import the bot)."""
-
-    @property
-    def discord(self) -> _DiscordSection: ...
-    def discord_token(self) -> str: ...
-
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +73,6 @@ EDIT_INTERVAL_S = 1.0
 THREAD_NAME_LIMIT = 100
 ERROR_TEXT = "Sorry, something went wrong with that. The bot's admin can find it in the log."
 NO_FILES_NOTE = "(I may not attach files here: a server admin can grant me Attach Files.)"
-CUSTOM_ID = re.compile(r"omost:(?P<action>[a-z]+):(?P<turn>\d+)")
 NO_MENTIONS = discord.AllowedMentions.none()
 ASPECTS = {
     "square": "1024x1024",
@@ -95,6 +81,11 @@ ASPECTS = {
     "wide": "1344x768",
     "tall": "768x1344",
 }
+QUICK_COMMANDS = {
+    "new": "Start a new conversation here",
+    "cancel": "Cancel your latest queued or running picture",
+    "help": "How to use the bot",
+}
 BUTTON_STYLES = {
     "seed": discord.ButtonStyle.primary,
     "rewrite": discord.ButtonStyle.secondary,
@@ -102,10 +93,6 @@ BUTTON_STYLES = {
     "retry": discord.ButtonStyle.primary,
     "cancel": discord.ButtonStyle.danger,
 }
-
-
-def _clip(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _nonce() -> str:
@@ -144,19 +131,7 @@ class _Ack:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-@dataclass
-class _EditSlot:
-    """Coalesced edits of one message: the newest post wins, at most one edit per interval."""
-
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    latest: Post | None = None
-    version: int = 0
-    applied: int = 0
-    last: float = 0.0
-    result: MessageRef | None = None
-
-
-class ActionButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUSTOM_ID.pattern):
+class ActionButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=BUTTON_PATTERN):
     """A result's button; rebuilt from its custom_id alone, so it works after a restart."""
 
     def __init__(self, action: str, turn_id: int) -> None:
@@ -165,7 +140,7 @@ class ActionButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=CUST
             discord.ui.Button(
                 label=label,
                 style=BUTTON_STYLES.get(action, discord.ButtonStyle.secondary),
-                custom_id=f"omost:{action}:{turn_id}",
+                custom_id=encode_button(Button(action, turn_id)) if action in BUTTON_ACTIONS else action,
             )
         )
         self.action = action
@@ -199,7 +174,6 @@ class _OmostClient(discord.Client):
 
 class DiscordAdapter:
     platform = PLATFORM
-    min_edit_interval = EDIT_INTERVAL_S
 
     def __init__(
         self,
@@ -215,27 +189,20 @@ class DiscordAdapter:
         self.guild_ids = list(guild_ids)
         self.create_threads = create_threads
         self.guild_ready_timeout = guild_ready_timeout
-        self.min_edit_interval = edit_interval  # the bot paces to it too (the port's attribute)
+        self.min_edit_interval = edit_interval  # seconds between edits of one message
         self.ready_timeout = ready_timeout
         self.client: _OmostClient | None = None
         self._handler: Handler | None = None
         self._runner: asyncio.Task[None] | None = None
-        self._acks: dict[str, _Ack] = {}
-        self._edits: OrderedDict[str, _EditSlot] = OrderedDict()
-        self._channel_of: OrderedDict[str, str] = OrderedDict()  # message id -> channel id it lives in
-        self._seen: OrderedDict[str, None] = OrderedDict()  # events handled (a replayed one is ignored)
+        self._acks: dict[str, _Ack] = {}  # interaction id -> the quick command it waits to answer
+        self._channel_of: BoundedMap[str, str] = BoundedMap(10000)  # message id -> its channel id
+        self._seen: BoundedMap[str, None] = BoundedMap(10000)  # events handled (replays are ignored)
         self._thread_parent: dict[int, int] = {}
         self._our_threads: set[int] = set()  # threads the bot opened, for when one is not cached
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    @classmethod
-    def from_config(cls, config: _Config) -> DiscordAdapter:
-        section = config.discord
-        return cls(
-            config.discord_token(),
-            guild_ids=list(section.guild_ids),
-            create_threads=section.create_threads,
-        )
+    def edit_interval(self, chat: str) -> float:
+        return self.min_edit_interval
 
     # --- life cycle ------------------------------------------------------------------------------
 
@@ -265,7 +232,8 @@ class DiscordAdapter:
             ready.cancel()
             if self._runner in done:
                 self._runner.result()  # the connection's own error (a bad token, no gateway)
-            raise TimeoutError(f"Discord did not become ready within {self.ready_timeout:g} s")
+            took = f"Discord did not become ready within {self.ready_timeout:g} s"
+            raise PlatformStartError(PLATFORM, took)
 
     async def _sync(self, tree: app_commands.CommandTree[Any]) -> None:
         if self.guild_ids:
@@ -297,6 +265,20 @@ class DiscordAdapter:
     # --- slash commands --------------------------------------------------------------------------
 
     def _add_commands(self, tree: app_commands.CommandTree[Any]) -> None:
+        tree.add_command(self._omost_command())
+        tree.add_command(self._settings_command())
+        for name, description in QUICK_COMMANDS.items():
+            tree.add_command(self._quick_command(name, description))
+
+    def _quick_command(self, name: str, description: str) -> app_commands.Command[Any, Any, None]:
+        adapter = self
+
+        async def quick(interaction: discord.Interaction[Any]) -> None:
+            await adapter._quick(interaction, name)
+
+        return app_commands.Command(name=name, description=description, callback=quick)
+
+    def _omost_command(self) -> app_commands.Command[Any, Any, None]:
         adapter = self
 
         @app_commands.command(name="omost", description="Compose and draw a picture from a description")
@@ -315,21 +297,20 @@ class DiscordAdapter:
             seed: app_commands.Range[int, 0, 2**31 - 1] | None = None,
             aspect: app_commands.Choice[str] | None = None,
             size: str | None = None,
-            steps: app_commands.Range[int, 1, 100] | None = None,
+            steps: app_commands.Range[int, 1, 150] | None = None,
             hires: app_commands.Range[float, 1.0, 2.0] | None = None,
         ) -> None:
-            options: dict[str, str] = {}
-            if seed is not None:
-                options["seed"] = str(seed)
-            if size:
-                options["size"] = size
-            elif aspect is not None:
-                options["size"] = aspect.value
-            if steps is not None:
-                options["steps"] = str(steps)
+            options = {k: str(v) for k, v in (("seed", seed), ("steps", steps)) if v is not None}
+            if size or aspect is not None:
+                options["size"] = size or (aspect.value if aspect is not None else "")
             if hires is not None:
                 options["hires"] = f"{hires:g}"
             await adapter._omost(interaction, prompt, options)
+
+        return omost
+
+    def _settings_command(self) -> app_commands.Command[Any, Any, None]:
+        adapter = self
 
         @app_commands.command(name="settings", description="Show or change your default picture settings")
         @app_commands.describe(
@@ -342,37 +323,21 @@ class DiscordAdapter:
         async def settings(
             interaction: discord.Interaction[Any],
             size: str | None = None,
-            steps: app_commands.Range[int, 1, 100] | None = None,
+            steps: app_commands.Range[int, 1, 150] | None = None,
             seed: str | None = None,
             hires: str | None = None,
             png: bool | None = None,
         ) -> None:
-            parts = [
-                f"{k}={v}"
+            options = {
+                k: str(v)
                 for k, v in (("size", size), ("steps", steps), ("seed", seed), ("hires", hires))
                 if v is not None
-            ]
+            }
             if png is not None:
-                parts.append(f"png={'on' if png else 'off'}")
-            await adapter._quick(interaction, "settings", " ".join(parts))
+                options["png"] = "on" if png else "off"
+            await adapter._quick(interaction, "settings", options)
 
-        @app_commands.command(name="new", description="Start a new conversation here")
-        async def new(interaction: discord.Interaction[Any]) -> None:
-            await adapter._quick(interaction, "new", "")
-
-        @app_commands.command(name="cancel", description="Cancel your latest queued or running picture")
-        async def cancel(interaction: discord.Interaction[Any]) -> None:
-            await adapter._quick(interaction, "cancel", "")
-
-        @app_commands.command(name="help", description="How to use the bot")
-        async def help_(interaction: discord.Interaction[Any]) -> None:
-            await adapter._quick(interaction, "help", "")
-
-        tree.add_command(omost)
-        tree.add_command(settings)
-        tree.add_command(new)
-        tree.add_command(cancel)
-        tree.add_command(help_)
+        return settings
 
     async def _omost(
         self, interaction: discord.Interaction[Any], prompt: str, options: dict[str, str]
@@ -381,11 +346,11 @@ class DiscordAdapter:
         then hand the request to the bot. Everything after this goes to the channel or thread."""
         name = interaction.user.display_name
         callback = await interaction.response.send_message(
-            _clip(f"**{name}**: {prompt}", CONTENT_LIMIT), allowed_mentions=NO_MENTIONS
+            clipped(f"**{name}**: {prompt}", CONTENT_LIMIT), allowed_mentions=NO_MENTIONS
         )
         response_id = callback.message_id or interaction.id
         chat, thread = await self._place(interaction.channel, interaction.channel_id)
-        self._remember(str(response_id), chat)
+        self._channel_of[str(response_id)] = chat
         if not thread and interaction.guild_id is not None:
             thread = await self._open_thread(
                 interaction.channel, response_id, prompt, interaction.app_permissions
@@ -408,22 +373,26 @@ class DiscordAdapter:
             interaction=interaction,
         )
 
-    async def _quick(self, interaction: discord.Interaction[Any], command: str, text: str) -> None:
+    async def _quick(
+        self, interaction: discord.Interaction[Any], command: str, options: Mapping[str, str] | None = None
+    ) -> None:
         """A command the bot answers at once: its reply becomes the interaction's response; if the
         bot is slow, a short acknowledgement goes first and the answer follows as a message."""
         chat, thread = await self._place(interaction.channel, interaction.channel_id)
-        key = f"interaction-{interaction.id}"
+        key = str(interaction.id)
         ack = _Ack(interaction)
         self._acks[key] = ack
         message = Incoming(
             platform=PLATFORM,
             chat=chat,
             thread=thread,
-            message_id=key,
+            message_id="",  # a slash command is no message: its answer is the interaction's
             user=str(interaction.user.id),
             user_name=interaction.user.display_name,
-            text=text,
+            text="",
             command=command,
+            options=dict(options or {}),
+            answer_in_place=key,
             private=interaction.guild_id is None,
             roles=_roles(interaction.user),
             guild=_guild(interaction.guild_id),
@@ -459,7 +428,7 @@ class DiscordAdapter:
         # acknowledge without changing the message; the bot's answer comes as channel messages
         with contextlib.suppress(discord.HTTPException):
             await interaction.response.defer()
-        if not self._first_time(f"interaction-{interaction.id}") or self._handler is None:
+        if not self._seen.first_time(f"interaction-{interaction.id}", None) or self._handler is None:
             return
         chat, thread = await self._place(interaction.channel, interaction.channel_id)
         press = ButtonPress(
@@ -475,7 +444,9 @@ class DiscordAdapter:
             guild=_guild(interaction.guild_id),
         )
         try:
-            await self._handler.on_button(self, press)
+            answer = await self._handler.on_button(self, press)
+            if answer:
+                await self._tell_interaction(interaction, answer)  # for the presser alone
         except Exception as e:
             await self._on_error(e, f"button {action}:{turn_id}", interaction)
 
@@ -485,11 +456,11 @@ class DiscordAdapter:
         client = self.client
         if client is None or client.user is None or message.author.bot:
             return
-        if not self._first_time(f"message-{message.id}"):
+        if not self._seen.first_time(f"message-{message.id}", None):
             return  # a replayed event: already handled
         me = client.user
         chat, thread = await self._place(message.channel, message.channel.id)
-        self._remember(str(message.id), str(message.channel.id))
+        self._channel_of[str(message.id)] = str(message.channel.id)
         private = message.guild is None
         mentioned = me in message.mentions
         reply_to: str | None = None
@@ -515,22 +486,8 @@ class DiscordAdapter:
             )
             thread = await self._open_thread(message.channel, message.id, text, permissions)
         attachments = await self._fetch_attachments(message.attachments)
-        too_large = [a.filename for a in message.attachments if a.size > ATTACHMENT_FETCH_LIMIT]
-        if too_large:
-            await self.send(
-                chat,
-                thread,
-                Post(
-                    text=_clip(
-                        f"I skipped {', '.join(too_large)}: I read files up to "
-                        f"{ATTACHMENT_FETCH_LIMIT // 2**20} MiB.",
-                        CONTENT_LIMIT,
-                    ),
-                    reply_to=str(message.id),
-                ),
-            )
-            if not text and not attachments:
-                return  # nothing else in the message: the note is the whole answer
+        if await self._skipped_large_files(message, chat, thread) and not text and not attachments:
+            return  # nothing else in the message: the note is the whole answer
         await self._deliver(
             Incoming(
                 platform=PLATFORM,
@@ -548,6 +505,16 @@ class DiscordAdapter:
             ),
             author=message.author,
         )
+
+    async def _skipped_large_files(self, message: discord.Message, chat: str, thread: str) -> bool:
+        """Tell the user which files were too large to read; True when there were any."""
+        too_large = [a.filename for a in message.attachments if a.size > ATTACHMENT_FETCH_LIMIT]
+        if too_large:
+            note = (
+                f"I skipped {', '.join(too_large)}: I read files up to {ATTACHMENT_FETCH_LIMIT // 2**20} MiB."
+            )
+            await self.send(chat, thread, Post(text=clipped(note, CONTENT_LIMIT), reply_to=str(message.id)))
+        return bool(too_large)
 
     async def _fetch_attachments(self, attachments: Sequence[discord.Attachment]) -> tuple[Attachment, ...]:
         out = []
@@ -609,7 +576,7 @@ class DiscordAdapter:
                 channel.id,
             )
             return ""
-        name = _clip(" ".join(title.split()) or "Omost", THREAD_NAME_LIMIT)
+        name = clipped(" ".join(title.split()) or "Omost", THREAD_NAME_LIMIT)
         try:
             created = await channel.get_partial_message(message_id).create_thread(
                 name=name, auto_archive_duration=1440
@@ -640,7 +607,7 @@ class DiscordAdapter:
 
     def _note_admin(self, channel_id: str, permission: str, what: str) -> None:
         """The server admin's note in the log, once per channel and permission."""
-        if self._first_time(f"refused-{channel_id}-{permission}"):
+        if self._seen.first_time(f"refused-{channel_id}-{permission}", None):
             log.warning(
                 "Discord: channel %s refuses the bot's %s; sending without them. "
                 "A server admin can grant the bot %s there.",
@@ -649,23 +616,10 @@ class DiscordAdapter:
                 permission,
             )
 
-    def _remember(self, message_id: str, channel_id: str) -> None:
-        self._channel_of[message_id] = channel_id
-        while len(self._channel_of) > 10000:
-            self._channel_of.popitem(last=False)
-
-    def _first_time(self, key: str) -> bool:
-        if key in self._seen:
-            return False
-        self._seen[key] = None
-        while len(self._seen) > 10000:
-            self._seen.popitem(last=False)
-        return True
-
     # --- the port: sending -----------------------------------------------------------------------
 
     async def send(self, chat: str, thread: str, post: Post) -> list[MessageRef]:
-        ack = self._acks.get(post.reply_to or "")
+        ack = self._acks.get(post.in_place)
         if ack is not None and post.image is None and not post.files:
             async with ack.lock:
                 if not ack.interaction.response.is_done():
@@ -699,7 +653,7 @@ class DiscordAdapter:
                     level = "text"
                 else:
                     raise  # not a refused embed or file: nothing left to leave out
-        self._remember(str(message.id), target)
+        self._channel_of[str(message.id)] = target
         return [MessageRef(PLATFORM, chat, str(message.id), thread)]
 
     async def _respond(
@@ -708,10 +662,10 @@ class DiscordAdapter:
         view = _view(post.buttons)
         extra: dict[str, Any] = {"view": view} if view is not None else {}
         callback = await interaction.response.send_message(
-            _clip(post.text, CONTENT_LIMIT) or "…", allowed_mentions=NO_MENTIONS, **extra
+            clipped(post.text, CONTENT_LIMIT) or "…", allowed_mentions=NO_MENTIONS, **extra
         )
         message_id = str(callback.message_id or interaction.id)
-        self._remember(message_id, str(interaction.channel_id))
+        self._channel_of[message_id] = str(interaction.channel_id)
         return MessageRef(PLATFORM, chat, message_id, thread)
 
     def _message_kwargs(self, post: Post, target: str, level: str = "full") -> dict[str, Any]:
@@ -728,7 +682,7 @@ class DiscordAdapter:
             image = fit_image(post.image)
             files.append(discord.File(io.BytesIO(image.data), filename=image.filename))
             if post.role == "image" and level == "full":
-                embed = discord.Embed(description=_clip(post.text, EMBED_LIMIT))
+                embed = discord.Embed(description=clipped(post.text, EMBED_LIMIT))
                 if post.turn_id is not None:
                     embed.title = f"Turn {post.turn_id}"
                 embed.set_image(url=f"attachment://{image.filename}")
@@ -746,8 +700,8 @@ class DiscordAdapter:
             files.append(discord.File(io.BytesIO(extra.data), filename=extra.filename))
         if notes:
             tail = "\n" + "\n".join(notes)
-            content = (_clip(content, CONTENT_LIMIT - len(tail)) + tail).strip()
-        kwargs["content"] = _clip(content, CONTENT_LIMIT) or None
+            content = (clipped(content, CONTENT_LIMIT - len(tail)) + tail).strip()
+        kwargs["content"] = clipped(content, CONTENT_LIMIT) or None
         if embed is not None:
             kwargs["embed"] = embed
         view = _view(post.buttons)
@@ -764,29 +718,9 @@ class DiscordAdapter:
     # --- the port: editing -----------------------------------------------------------------------
 
     async def edit(self, ref: MessageRef, post: Post) -> MessageRef:
-        """Edits of one message are coalesced: at most one per `min_edit_interval`, the newest wins;
-        every caller gets the ref of the message that shows (at least) its state."""
-        slot = self._edits.get(ref.message_id)
-        if slot is None:
-            slot = self._edits[ref.message_id] = _EditSlot()
-            while len(self._edits) > 1000:
-                self._edits.popitem(last=False)
-        slot.latest = post
-        slot.version += 1
-        mine = slot.version
-        async with slot.lock:
-            if slot.applied >= mine and slot.result is not None:
-                return slot.result  # a later state already landed
-            wait = slot.last + self.min_edit_interval - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            latest, version = slot.latest, slot.version
-            assert latest is not None
-            result = await self._edit_now(ref, latest)
-            slot.applied, slot.last, slot.result = version, time.monotonic(), result
-            if result != ref:
-                self._edits.pop(ref.message_id, None)
-            return result
+        """Edit now (the bot paces its edits to `edit_interval`); a message that can no longer be
+        edited is replaced by a new one, whose ref is returned."""
+        return await self._edit_now(ref, post)
 
     async def _edit_now(self, ref: MessageRef, post: Post) -> MessageRef:
         client = self._require_client()
@@ -806,14 +740,6 @@ class DiscordAdapter:
             log.info("Discord: message %s could not be edited (%s); sending a new one", ref.message_id, e)
             return (await self.send(ref.chat, ref.thread, replace_reply(post)))[0]
         return ref
-
-    async def delete(self, ref: MessageRef) -> None:
-        client = self._require_client()
-        partial = client.get_partial_messageable(int(ref.thread or ref.chat)).get_partial_message(
-            int(ref.message_id)
-        )
-        with contextlib.suppress(discord.NotFound):
-            await partial.delete()
 
     def _require_client(self) -> discord.Client:
         if self.client is None:

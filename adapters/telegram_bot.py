@@ -8,13 +8,14 @@ Owns everything Telegram-shaped between the Bot API and the port in adapters/bas
   message (a topic's root message is not a reply), code blocks (Telegram strips the ``` a user
   types and sends a "pre" entity; they are put back), documents (.py canvases, the bot's PNGs)
   fetched with a size cap, button presses (callback data `omost:<action>:<turn id>`, which names
-  the turn, so buttons keep working after a restart) and the settings keyboard (`set:<key>=<value>`,
-  which becomes the /settings command with that text);
+  the turn, so buttons keep working after a restart; the codec is the port's) and the settings
+  keyboard (`set:<key>=<value>`, which becomes the /settings command with that option, answered by
+  editing the keyboard's message in place);
 - Telegram's limits: captions 1024 characters and texts 4096 (cut, with the full text sent as a
   file or a follow-up message), callback data 64 bytes, photos 10 MB (larger ones go as documents),
-  edit pacing (about one edit a second per message in private chats and one every few seconds in
-  groups: edits inside the interval are coalesced and only the latest is sent), flood control and
-  transient failures (below).
+  how often one message may be edited (`edit_interval`: about once a second in private chats and
+  once every few seconds in groups; the bot paces its edits to it), flood control and transient
+  failures (below).
 Per chat (and topic) updates are handled in order; different chats run concurrently, and nothing
 waits for a render (the bot only starts a turn).
 
@@ -42,12 +43,10 @@ import asyncio
 import contextlib
 import logging
 import re
-import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from telegram import (
     BotCommand,
@@ -64,7 +63,6 @@ from telegram.error import BadRequest, Forbidden, NetworkError, RetryAfter, Tele
 from telegram.ext import AIORateLimiter, Application, ContextTypes, TypeHandler
 
 from adapters.base import (
-    BUTTON_ACTIONS,
     Attachment,
     Button,
     ButtonPress,
@@ -73,6 +71,9 @@ from adapters.base import (
     MessageRef,
     OutFile,
     Post,
+    clip_text,
+    decode_button,
+    encode_button,
 )
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,6 @@ CAPTION_LIMIT = 1024
 CALLBACK_DATA_LIMIT = 64  # bytes
 PHOTO_LIMIT = 10 * 1024 * 1024
 DOWNLOAD_LIMIT = 20 * 1024 * 1024  # the Bot API's getFile limit
-BUTTON_PREFIX = "omost"
 SETTINGS_PREFIX = "set"
 
 COMMANDS: dict[str, str] = {
@@ -109,59 +109,8 @@ SETTINGS_KEYBOARD: tuple[tuple[tuple[str, str], ...], ...] = (
 T = TypeVar("T")
 
 
-class TelegramSection(Protocol):
-    """What the adapter reads from config.toml's [telegram] (bot/config.py's TelegramConfig)."""
-
-    @property
-    def base_url(self) -> str: ...
-
-
-class TelegramConfigSource(Protocol):
-    """The parts of the bot's Config the adapter needs; it never imports the bot package."""
-
-    @property
-    def telegram(self) -> TelegramSection: ...
-
-    def telegram_token(self) -> str: ...
-
-
 class AdapterStopped(RuntimeError):
     """A post after stop(): the Bot API client is closed."""
-
-
-# --- callback data --------------------------------------------------------------------------------
-
-
-def button_data(button: Button) -> str:
-    """`omost:<action>:<turn id>`: names the turn, so a press works after any restart."""
-    data = f"{BUTTON_PREFIX}:{button.action}:{button.turn_id}"
-    if len(data.encode("utf-8")) > CALLBACK_DATA_LIMIT:
-        raise ValueError(f"callback data over {CALLBACK_DATA_LIMIT} bytes: {data!r}")
-    return data
-
-
-def parse_button_data(data: str) -> tuple[str, int] | None:
-    """(action, turn id) from `omost:<action>:<turn id>`, or None for anything else."""
-    m = re.fullmatch(rf"{BUTTON_PREFIX}:([a-z]+):(\d+)", data)
-    if m is None or m.group(1) not in BUTTON_ACTIONS:
-        return None
-    return m.group(1), int(m.group(2))
-
-
-# --- text limits ----------------------------------------------------------------------------------
-
-
-def cut_text(text: str, limit: int) -> tuple[str, bool]:
-    """`text` within `limit` characters, cut at a line or word end with "…"; (text, was it cut)."""
-    if len(text) <= limit:
-        return text, False
-    head = text[: limit - 1]
-    for sep in ("\n", " "):
-        at = head.rfind(sep)
-        if at > limit * 0.6:
-            head = head[:at]
-            break
-    return head.rstrip() + "…", True
 
 
 def _progress_bar(step: int, total: int, width: int = 12) -> str:
@@ -177,43 +126,10 @@ def _status_text(post: Post) -> str:
     return text
 
 
-# --- edit pacing ----------------------------------------------------------------------------------
-
-
-@dataclass
-class _EditSlot:
-    """One edited message: when it was last edited, where it lives now (a new message when the old
-    one could not be edited), and the latest edit waiting for the interval to pass."""
-
-    current: MessageRef
-    last: float = 0.0
-    pending: Post | None = None
-    flush: asyncio.Task[None] | None = None
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-
-
-class _BoundedSet:
-    """The last `size` keys seen (settings requests and keyboards to remember)."""
-
-    def __init__(self, size: int = 1024) -> None:
-        self._items: OrderedDict[tuple[str, str], None] = OrderedDict()
-        self._size = size
-
-    def add(self, key: tuple[str, str]) -> None:
-        self._items[key] = None
-        self._items.move_to_end(key)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
-
-
 class TelegramAdapter:
-    """The Telegram side of the port. Build it with `from_config(config)`; `start(handler)` polls."""
+    """The Telegram side of the port; `start(handler)` polls."""
 
     platform = PLATFORM
-    min_edit_interval = 1.0  # the bot's own pace; groups are slowed further here
 
     def __init__(
         self,
@@ -255,15 +171,13 @@ class TelegramAdapter:
         self._stopped = False
         self._bot_id = 0
         self._username = ""
-        self._lanes: dict[str, deque[Callable[[], Awaitable[None]]]] = {}
-        self._lane_tasks: set[asyncio.Task[None]] = set()
-        self._slots: OrderedDict[tuple[str, str], _EditSlot] = OrderedDict()
-        self._settings_requests = _BoundedSet()  # (chat, message id) of /settings commands
-        self._settings_keyboards = _BoundedSet()  # (chat, message id) of our settings messages
+        self._chat_queues: dict[str, deque[Callable[[], Awaitable[None]]]] = {}
+        self._chat_queue_tasks: set[asyncio.Task[None]] = set()
 
-    @classmethod
-    def from_config(cls, config: TelegramConfigSource) -> TelegramAdapter:
-        return cls(config.telegram_token(), base_url=config.telegram.base_url)
+    def edit_interval(self, chat: str) -> float:
+        """Telegram tolerates about one edit a second of a message in a private chat and fewer in
+        groups (whose ids are negative)."""
+        return self.group_edit_interval if chat.startswith("-") else self.private_edit_interval
 
     # --- lifecycle ------------------------------------------------------------------------------
 
@@ -307,13 +221,11 @@ class TelegramAdapter:
         updater = self.application.updater
         if updater is not None and updater.running:
             await updater.stop()
-        # updates already taken are handled (briefly), then the last coalesced edits land
-        if self._lane_tasks:
-            _, late = await asyncio.wait(list(self._lane_tasks), timeout=5)
+        # updates already taken are handled (briefly)
+        if self._chat_queue_tasks:
+            _, late = await asyncio.wait(list(self._chat_queue_tasks), timeout=5)
             for task in late:
                 task.cancel()
-        for key in list(self._slots):
-            await self._flush(key)
         self._stopped = True
         if self.application.running:
             await self.application.stop()
@@ -340,22 +252,22 @@ class TelegramAdapter:
             except Exception as e:  # handed to the one error handler, never lost silently
                 await self.application.process_error(update, e)
 
-        lane = self._lanes.get(key)
-        if lane is not None:
-            lane.append(guarded)
+        queue = self._chat_queues.get(key)
+        if queue is not None:
+            queue.append(guarded)
             return
-        lane = self._lanes[key] = deque([guarded])
-        task = asyncio.create_task(self._drain(key, lane))
-        self._lane_tasks.add(task)
-        task.add_done_callback(self._lane_tasks.discard)
+        queue = self._chat_queues[key] = deque([guarded])
+        task = asyncio.create_task(self._drain(key, queue))
+        self._chat_queue_tasks.add(task)
+        task.add_done_callback(self._chat_queue_tasks.discard)
 
-    async def _drain(self, key: str, lane: deque[Callable[[], Awaitable[None]]]) -> None:
+    async def _drain(self, key: str, queue: deque[Callable[[], Awaitable[None]]]) -> None:
         try:
-            while lane:
-                await lane[0]()
-                lane.popleft()
+            while queue:
+                await queue[0]()
+                queue.popleft()
         finally:
-            self._lanes.pop(key, None)
+            self._chat_queues.pop(key, None)
 
     async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
         """The one error handler: log, and tell the chat briefly when a message could not be handled."""
@@ -377,12 +289,46 @@ class TelegramAdapter:
         sender = msg.from_user
         if handler is None or sender is None or sender.is_bot:
             return
-        private = msg.chat.type == "private"
-        thread = _thread(msg)
-        text = msg.text if msg.text is not None else (msg.caption or "")
-        entities = list(msg.entities or msg.caption_entities or ())
-        text = _restore_code_blocks(msg, text)
+        read = self._read_message(msg)
+        log.debug(
+            "Telegram: message %s from user %s in chat %s (%s)%s",
+            msg.message_id,
+            sender.id,
+            msg.chat.id,
+            msg.chat.type,
+            "" if read is not None else ", not for the bot",
+        )
+        if read is None:
+            return
+        command, text, reply_to = read
+        attachments = await self._attachments(msg)
+        if attachments is None:
+            return  # refused, and the user was told why
+        if command is None and not text and not attachments:
+            return  # a sticker, a voice note, a bare mention with nothing else: nothing to draw
+        await handler.on_message(
+            self,
+            Incoming(
+                platform=PLATFORM,
+                chat=str(msg.chat.id),
+                message_id=str(msg.message_id),
+                user=str(sender.id),
+                user_name=sender.full_name,
+                text=text,
+                thread=_thread(msg),
+                reply_to=reply_to,
+                attachments=attachments,
+                command=command,
+                private=msg.chat.type == "private",
+            ),
+        )
 
+    def _read_message(self, msg: Message) -> tuple[str | None, str, str | None] | None:
+        """(command, text, replied-to message id) of a message for the bot; None when it is not
+        for the bot (in a group: no command of ours, no mention, no reply to the bot)."""
+        private = msg.chat.type == "private"
+        text = _restore_code_blocks(msg, msg.text if msg.text is not None else (msg.caption or ""))
+        entities = list(msg.entities or msg.caption_entities or ())
         command: str | None = None
         addressed = private
         if entities and entities[0].type == MessageEntity.BOT_COMMAND and entities[0].offset == 0:
@@ -393,10 +339,10 @@ class TelegramAdapter:
             )
             name, _, target = token[1:].partition("@")
             if target and target.lower() != self._username.lower():
-                return  # a command for another bot
+                return None  # a command for another bot
             command = name.lower()
             if not private and not target and command not in COMMANDS:
-                return  # a bare command in a group: probably another bot's
+                return None  # a bare command in a group: probably another bot's
             addressed = True
             text = text[len(token) :].strip()
         mention = self._mentions_me(msg)
@@ -408,59 +354,27 @@ class TelegramAdapter:
         replied = msg.reply_to_message
         if replied is not None and not _is_topic_root(msg, replied):
             reply_to = str(replied.message_id)
-            if replied.from_user is not None and replied.from_user.id == self._bot_id:
-                addressed = True
-        log.debug(
-            "Telegram: message %s from user %s in chat %s (%s)%s",
-            msg.message_id,
-            sender.id,
-            msg.chat.id,
-            msg.chat.type,
-            "" if addressed else ", not for the bot",
-        )
-        if not addressed:
-            return
+            addressed = addressed or (replied.from_user is not None and replied.from_user.id == self._bot_id)
+        return (command, text, reply_to) if addressed else None
 
-        chat = str(msg.chat.id)
+    async def _attachments(self, msg: Message) -> tuple[Attachment, ...] | None:
+        """The message's document as an attachment (none: ()); None when it was refused, after
+        telling the user why."""
+        chat, thread, here = str(msg.chat.id), _thread(msg), str(msg.message_id)
         if msg.photo and msg.document is None:
-            await self.send(
-                chat,
-                thread,
-                Post(
-                    text="Telegram compressed that picture, which drops the canvas stored in it. "
-                    "Send my PNG as a file (📎 → File) and I'll continue from it.",
-                    reply_to=str(msg.message_id),
-                ),
+            text = (
+                "Telegram compressed that picture, which drops the canvas stored in it. "
+                "Send my PNG as a file (📎 → File) and I'll continue from it."
             )
-            return
-        attachments: list[Attachment] = []
-        if msg.document is not None:
-            attachment, problem = await self._fetch_document(msg)
-            if problem:
-                await self.send(chat, thread, Post(text=problem, reply_to=str(msg.message_id)))
-                return
-            if attachment is not None:
-                attachments.append(attachment)
-        if command is None and not text and not attachments:
-            return  # a sticker, a voice note, a bare mention with nothing else: nothing to draw
-        if command == "settings":
-            self._settings_requests.add((chat, str(msg.message_id)))
-        await handler.on_message(
-            self,
-            Incoming(
-                platform=PLATFORM,
-                chat=chat,
-                message_id=str(msg.message_id),
-                user=str(sender.id),
-                user_name=sender.full_name,
-                text=text,
-                thread=thread,
-                reply_to=reply_to,
-                attachments=tuple(attachments),
-                command=command,
-                private=private,
-            ),
-        )
+            await self.send(chat, thread, Post(text=text, reply_to=here))
+            return None
+        if msg.document is None:
+            return ()
+        attachment, problem = await self._fetch_document(msg)
+        if problem:
+            await self.send(chat, thread, Post(text=problem, reply_to=here))
+            return None
+        return (attachment,) if attachment is not None else ()
 
     def _mentions_me(self, msg: Message) -> str | None:
         """The mention of this bot in the message (its text, "" for a text_mention), or None."""
@@ -508,41 +422,46 @@ class TelegramAdapter:
         user = query.from_user
         if data.startswith(f"{SETTINGS_PREFIX}:"):
             await self._answer(query, "Saving…")
-            self._settings_keyboards.add((chat, str(message.message_id)))
+            key, _, value = data[len(SETTINGS_PREFIX) + 1 :].partition("=")
             await handler.on_message(
                 self,
                 Incoming(
                     platform=PLATFORM,
                     chat=chat,
-                    message_id=str(message.message_id),
+                    message_id="",  # a press, not a message: nothing to reply to or link
                     user=str(user.id),
                     user_name=user.full_name,
-                    text=data[len(SETTINGS_PREFIX) + 1 :],
+                    text="",
                     thread=thread,
                     command="settings",
+                    options={key: value},
                     private=message.chat.type == "private",
+                    answer_in_place=str(message.message_id),  # the keyboard shows the new settings
                 ),
             )
             return
-        parsed = parse_button_data(data)
+        parsed = decode_button(data)
         if parsed is None:
             await self._answer(query, "That button is not one I know.")
             return
         action, turn_id = parsed
-        await self._answer(query, "Cancelling…" if action == "cancel" else "On it…")
-        await handler.on_button(
-            self,
-            ButtonPress(
-                platform=PLATFORM,
-                chat=chat,
-                user=str(user.id),
-                action=action,
-                turn_id=turn_id,
-                message_id=str(message.message_id),
-                thread=thread,
-                user_name=user.full_name,
-            ),
-        )
+        answer: str | None = None
+        try:
+            answer = await handler.on_button(
+                self,
+                ButtonPress(
+                    platform=PLATFORM,
+                    chat=chat,
+                    user=str(user.id),
+                    action=action,
+                    turn_id=turn_id,
+                    message_id=str(message.message_id),
+                    thread=thread,
+                    user_name=user.full_name,
+                ),
+            )
+        finally:  # the answer is shown to the presser alone
+            await self._answer(query, answer or "On it…")
 
     async def _answer(self, query: CallbackQuery, text: str) -> None:
         try:
@@ -555,16 +474,12 @@ class TelegramAdapter:
     async def send(self, chat: str, thread: str, post: Post) -> list[MessageRef]:
         await self._ready()
         reply_to = post.reply_to if post.reply_to and post.reply_to.isdigit() else None
-        if reply_to is not None and (chat, reply_to) in self._settings_keyboards and not post.image:
-            # a settings button was pressed: the keyboard message shows the new settings
-            ref = MessageRef(PLATFORM, chat, reply_to, thread)
-            return [await self._edit_now(ref, post, self._settings_markup())]
-        markup = self._markup(post.buttons)
-        if reply_to is not None and (chat, reply_to) in self._settings_requests and not post.buttons:
-            markup = self._settings_markup()
+        markup = self._settings_markup() if post.settings_keyboard else self._markup(post.buttons)
+        if post.in_place.isdigit() and post.image is None:  # e.g. the pressed settings keyboard
+            return [await self._edit_now(MessageRef(PLATFORM, chat, post.in_place, thread), post, markup)]
         refs: list[MessageRef] = []
         if post.image is not None:
-            caption, was_cut = cut_text(post.text, CAPTION_LIMIT)
+            caption, was_cut = clip_text(post.text, CAPTION_LIMIT)
             refs.append(await self._send_image(chat, thread, post.image, caption, markup, reply_to))
             if was_cut:  # the whole text follows the picture
                 refs += await self._send_text(chat, thread, post.text, None, None)
@@ -572,8 +487,6 @@ class TelegramAdapter:
             refs += await self._send_text(chat, thread, _status_text(post), markup, reply_to)
         for file in post.files:
             refs.append(await self._send_document(chat, thread, file, "", None, None))
-        if markup is not None and refs and (chat, reply_to or "") in self._settings_requests:
-            self._settings_keyboards.add((chat, refs[0].message_id))
         return refs
 
     async def _send_text(
@@ -585,7 +498,7 @@ class TelegramAdapter:
         reply_to: str | None,
     ) -> list[MessageRef]:
         """A text message; over 4096 characters it is cut and the whole text follows as a file."""
-        shown, was_cut = cut_text(text, TEXT_LIMIT - 40)
+        shown, was_cut = clip_text(text, TEXT_LIMIT - 40)
         if was_cut:
             shown += "\n(the full text is in the file below)"
         message = await self._call(
@@ -660,7 +573,7 @@ class TelegramAdapter:
         if not buttons:
             return None
         return InlineKeyboardMarkup(
-            [[InlineKeyboardButton(b.label, callback_data=button_data(b)) for b in buttons]]
+            [[InlineKeyboardButton(b.label, callback_data=_callback_data(b)) for b in buttons]]
         )
 
     @staticmethod
@@ -677,61 +590,14 @@ class TelegramAdapter:
 
     # --- the port: editing ------------------------------------------------------------------------
 
-    def _edit_interval(self, chat: str) -> float:
-        return self.group_edit_interval if chat.startswith("-") else self.private_edit_interval
-
     async def edit(self, ref: MessageRef, post: Post) -> MessageRef:
-        """Edit now if the message's interval has passed; else keep this edit as the latest one and
-        send it when the interval ends (earlier pending edits are dropped). Returns where the message
-        lives now: a new message when the old one could not be edited."""
+        """Edit now (the bot paces its edits to `edit_interval`). Returns where the message lives
+        now: a new message when the old one could not be edited."""
         await self._ready()
-        key = (ref.chat, ref.message_id)
-        slot = self._slots.get(key)
-        if slot is None:
-            slot = self._slots[key] = _EditSlot(ref)
-            while len(self._slots) > 512:
-                old_key, old = next(iter(self._slots.items()))
-                if old.flush is not None:
-                    break  # still has an edit to deliver
-                del self._slots[old_key]
-        wait = self._edit_interval(ref.chat) - (time.monotonic() - slot.last)
-        if wait > 0 or slot.flush is not None:
-            slot.pending = post
-            if slot.flush is None:
-                slot.flush = asyncio.create_task(self._flush_later(key, max(0.0, wait)))
-            return slot.current
-        slot.last = time.monotonic()  # claimed now: an edit arriving meanwhile waits its turn
-        async with slot.lock:
-            slot.current = await self._edit_now(slot.current, post, self._markup(post.buttons))
-            slot.last = time.monotonic()
-        return slot.current
-
-    async def _flush_later(self, key: tuple[str, str], delay: float) -> None:
-        await asyncio.sleep(delay)
-        slot = self._slots.get(key)
-        if slot is not None:
-            slot.flush = None
-        await self._flush(key)
-
-    async def _flush(self, key: tuple[str, str]) -> None:
-        slot = self._slots.get(key)
-        if slot is None:
-            return
-        if slot.flush is not None and slot.flush is not asyncio.current_task():
-            slot.flush.cancel()
-            slot.flush = None
-        post, slot.pending = slot.pending, None
-        if post is None:
-            return
-        async with slot.lock:
-            try:
-                slot.current = await self._edit_now(slot.current, post, self._markup(post.buttons))
-            except Exception:  # a status update must never take the adapter down
-                log.exception("Telegram: a delayed edit of %s failed", slot.current)
-            slot.last = time.monotonic()
+        return await self._edit_now(ref, post, self._markup(post.buttons))
 
     async def _edit_now(self, ref: MessageRef, post: Post, markup: InlineKeyboardMarkup | None) -> MessageRef:
-        text, _ = cut_text(_status_text(post), TEXT_LIMIT)
+        text, _ = clip_text(_status_text(post), TEXT_LIMIT)
         try:
             await self._call(
                 self.application.bot.edit_message_text,
@@ -760,13 +626,6 @@ class TelegramAdapter:
                 return self._ref(message, ref.thread)
             raise
 
-    async def delete(self, ref: MessageRef) -> None:
-        await self._ready()
-        try:
-            await self._call(self.application.bot.delete_message, int(ref.chat), int(ref.message_id))
-        except BadRequest as e:  # already gone, or too old to delete
-            log.info("Telegram: could not delete %s: %s", ref, e)
-
     # --- calling the Bot API ----------------------------------------------------------------------
 
     async def _call(self, method: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
@@ -791,6 +650,13 @@ class TelegramAdapter:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _callback_data(button: Button) -> str:
+    data = encode_button(button)
+    if len(data.encode("utf-8")) > CALLBACK_DATA_LIMIT:
+        raise ValueError(f"callback data over {CALLBACK_DATA_LIMIT} bytes: {data!r}")
+    return data
 
 
 def _thread(message: Any) -> str:

@@ -1,24 +1,34 @@
 """The bot's own cost around the models, with fake backends that take no time.
 
 1. Per-turn overhead: one user, turns one after another; the time from the message to the
-   posted result, minus the time spent inside the fake LLM and renderer (p50, p99).
+   posted result, minus the time spent inside the fake LLM and renderer (p50, p99), and the store
+   round trips of each turn (awaited Store calls, counted by tests/store_counter.py).
+   `--baseline REF` runs the same against git REF (checked out in a temporary worktree, in a
+   subprocess, in the same run) and prints both with their ratio.
 2. Load: N users (default 200) each sending 5 messages, each after their previous result
    arrived; checks nothing is lost or duplicated and reports the total time.
 3. History: loading a 50-turn chain from the store (p50, p99), as the turn flow does.
 
-    python bench/bench_bot.py [--users 200] [--turns 200]
+    python bench/bench_bot.py [--users 200] [--turns 200] [--baseline REF]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
+import json
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# --tree PATH: whose bot to import (the baseline's worktree, in the subprocess); else this tree's
+sys.path.insert(
+    0, sys.argv[sys.argv.index("--tree") + 1] if "--tree" in sys.argv else str(Path(__file__).parents[1])
+)
 
 from adapters.base import MessageRef, Post
 from bot.app import App
@@ -26,6 +36,8 @@ from bot.config import parse_config
 from bot.store import TurnStatus
 from tests.fakes.fake_adapter import FakeAdapter
 from tests.fakes.fake_backends import FakeLLM, FakeRenderer
+
+HERE = Path(__file__).resolve().parents[1]
 
 
 def config(data: Path, users: int) -> object:
@@ -42,24 +54,71 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def overhead(data: Path, turns: int) -> None:
+def _store_counter() -> Any:
+    """This tree's store-call counter, whichever tree's bot is measured."""
+    spec = importlib.util.spec_from_file_location("store_counter", HERE / "tests" / "store_counter.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.count_store_calls
+
+
+def _drain(app: Any) -> Any:
+    runner = getattr(app, "runner", None) or app.conversations  # the code before the redesign
+    return runner.drain()
+
+
+async def overhead(data: Path, turns: int) -> dict[str, float]:
     llm, renderer, adapter = FakeLLM(), FakeRenderer(downscale=8), FakeAdapter()
     async with App(config(data, 1), adapters=[adapter], llm=llm, renderer=renderer) as app:  # type: ignore[arg-type]
+        calls = _store_counter()(app.store)
         walls: list[float] = []
+        trips: list[int] = []
         for i in range(turns):
+            calls.clear()
             t0 = time.perf_counter()
             await adapter.say("a battle" if i % 2 == 0 else "add meteorites", chat="solo")
-            await app.conversations.drain()
+            await _drain(app)
             walls.append(time.perf_counter() - t0)
+            trips.append(len(calls))
         model = [(e - s) for s, e in llm.spans]
         render = [(e - s) for s, e in renderer.spans]
         per_turn_models = [a + b for a, b in zip(model, render, strict=True)]
         over = [w - m for w, m in zip(walls, per_turn_models, strict=True)]
-        print(
-            f"per-turn overhead around the models, {turns} turns: p50 {pct(over, 0.5) * 1e3:.1f} ms, "
-            f"p99 {pct(over, 0.99) * 1e3:.1f} ms (whole turn p50 {pct(walls, 0.5) * 1e3:.1f} ms; "
-            f"inside the fakes p50 {pct(per_turn_models, 0.5) * 1e3:.1f} ms)"
-        )
+    return {
+        "p50_ms": pct(over, 0.5) * 1e3,
+        "p99_ms": pct(over, 0.99) * 1e3,
+        "whole_p50_ms": pct(walls, 0.5) * 1e3,
+        "first_turn_trips": trips[0],
+        "trips": pct([float(t) for t in trips[1:]], 0.5),
+    }
+
+
+def _print_overhead(label: str, o: dict[str, float], turns: int) -> None:
+    print(
+        f"{label}: per-turn overhead around the models, {turns} turns: p50 {o['p50_ms']:.1f} ms, "
+        f"p99 {o['p99_ms']:.1f} ms (whole turn p50 {o['whole_p50_ms']:.1f} ms); store round trips "
+        f"per ordinary turn {o['trips']:.0f} (the first turn after start {o['first_turn_trips']:.0f})"
+    )
+
+
+def _baseline(ref: str, turns: int) -> dict[str, float]:
+    """The overhead of git REF, measured by this script in a subprocess on a temporary worktree."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = Path(tmp) / "baseline"
+        subprocess.run(["git", "-C", str(HERE), "worktree", "add", "--detach", str(tree), ref], check=True)
+        try:
+            out = subprocess.run(
+                [sys.executable, __file__, "--tree", str(tree), "--overhead-json", "--turns", str(turns)],
+                check=True,
+                capture_output=True,
+                text=True,
+                cwd=tree,
+            ).stdout
+        finally:
+            subprocess.run(["git", "-C", str(HERE), "worktree", "remove", "--force", str(tree)], check=True)
+    result: dict[str, float] = json.loads(out.strip().splitlines()[-1])
+    return result
 
 
 class CountingAdapter(FakeAdapter):
@@ -96,7 +155,7 @@ async def load(data: Path, users: int) -> None:
 
         t0 = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*(user(n) for n in range(users))), 1800)
-        await app.conversations.drain()
+        await _drain(app)
         total = time.perf_counter() - t0
         rows = await app.store.connection.execute_fetchall(
             "SELECT status, count(*) FROM turns GROUP BY status"
@@ -145,9 +204,24 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--users", type=int, default=200)
     ap.add_argument("--turns", type=int, default=200)
+    ap.add_argument("--baseline", help="also measure the overhead of this git ref, in the same run")
+    ap.add_argument("--tree", help=argparse.SUPPRESS)
+    ap.add_argument("--overhead-json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        asyncio.run(overhead(Path(tmp) / "a", args.turns))
+        if args.overhead_json:  # the baseline's subprocess
+            print(json.dumps(asyncio.run(overhead(Path(tmp) / "a", args.turns))))
+            return
+        base = _baseline(args.baseline, args.turns) if args.baseline else None
+        now = asyncio.run(overhead(Path(tmp) / "a", args.turns))
+        _print_overhead("this tree", now, args.turns)
+        if base is not None:
+            _print_overhead(f"baseline {args.baseline}", base, args.turns)
+            print(
+                f"ratio this / baseline: p50 {now['p50_ms'] / base['p50_ms']:.2f}, "
+                f"p99 {now['p99_ms'] / base['p99_ms']:.2f}, "
+                f"store round trips {now['trips'] / base['trips']:.2f}"
+            )
         asyncio.run(load(Path(tmp) / "b", args.users))
         asyncio.run(history(Path(tmp) / "c"))
 

@@ -1,8 +1,10 @@
 """The composition root: the one place that knows every concrete class.
 
 `App` opens the store, builds the backends the config names (or takes injected ones: tests,
-benchmarks), starts the engine, wires the conversations to the adapters, resumes the turns a
-crash left unfinished, and shuts everything down in reverse order.
+benchmarks), starts the engine, builds the turn flow (bot/turns: the handler the adapters call and
+the runner that drives turns), resumes the turns a crash left unfinished, and shuts everything
+down in reverse order. Adapters are built here from plain values (a token, a URL), never from the
+whole Config.
 
 Platform adapters are imported only when the config enables them (their libraries are optional
 extras); with none enabled, the terminal chat runs.
@@ -21,9 +23,11 @@ from typing import Any, Literal
 
 from adapters.base import Adapter
 from bot.config import Config
-from bot.conversation import Conversations
 from bot.policy import Policy
 from bot.store import Store
+from bot.turns.handler import ChatHandler
+from bot.turns.runner import TurnRunner
+from bot.turns.settings import SettingsBook, TurnSettings
 from omost_engine.engine import Engine
 from omost_engine.llm.base import LLMBackend
 from omost_engine.render.base import Renderer
@@ -36,7 +40,14 @@ def build_llm(config: Config) -> LLMBackend:
 
     llm = config.llm
     if llm.backend == "openai":
-        return create_backend("openai", llm.model, base_url=llm.base_url, api_key_env=llm.api_key_env)
+        return create_backend(
+            "openai",
+            llm.model,
+            base_url=llm.base_url,
+            api_key_env=llm.api_key_env,
+            idle_timeout_s=llm.idle_timeout_s,
+            total_timeout_s=llm.total_timeout_s,
+        )
     # "auto" and "none": load what the repo ships (the Omost repos carry their quantisation config)
     quantize: Literal["4bit", "8bit"] | None = None
     if llm.quantize == "4bit":
@@ -52,12 +63,18 @@ def build_llm(config: Config) -> LLMBackend:
 
 
 def build_renderer(config: Config) -> Renderer:
-    from omost_engine.render.pipeline import SDXLRegionalRenderer
+    """The renderer of the configured family (SDXL or FLUX.2 [klein]); the rest of the bot sees only
+    the Renderer interface."""
+    from omost_engine.render.factory import make_renderer
 
     render = config.render
-    memory = "resident" if render.memory == "auto" else render.memory
-    device = None if render.device == "auto" else render.device
-    return SDXLRegionalRenderer(render.model, device=device, memory=memory)
+    return make_renderer(
+        render.family,
+        render.model,
+        device=None if render.device == "auto" else render.device,
+        memory="resident" if render.memory == "auto" else render.memory,
+        quantize=None if render.quantize == "none" else render.quantize,
+    )
 
 
 def swap_models_for(config: Config) -> bool:
@@ -88,7 +105,7 @@ def platform_adapters(config: Config) -> list[Adapter]:
                 f"[telegram] is enabled in {config.source} but the Telegram adapter is not available ({e}); "
                 'install it with: pip install -e ".[telegram]"'
             ) from None
-        adapters.append(TelegramAdapter.from_config(config))
+        adapters.append(TelegramAdapter(config.telegram_token(), base_url=config.telegram.base_url))
     if config.discord.enabled:
         try:
             from adapters.discord_bot import DiscordAdapter
@@ -97,7 +114,13 @@ def platform_adapters(config: Config) -> list[Adapter]:
                 f"[discord] is enabled in {config.source} but the Discord adapter is not available ({e}); "
                 'install it with: pip install -e ".[discord]"'
             ) from None
-        adapters.append(DiscordAdapter.from_config(config))
+        adapters.append(
+            DiscordAdapter(
+                config.discord_token(),
+                guild_ids=list(config.discord.guild_ids),
+                create_threads=config.discord.create_threads,
+            )
+        )
     return adapters
 
 
@@ -119,7 +142,8 @@ class App:
         self._stack = AsyncExitStack()
         self.store: Store
         self.engine: Engine
-        self.conversations: Conversations
+        self.runner: TurnRunner
+        self.handler: ChatHandler
 
     async def __aenter__(self) -> App:
         try:
@@ -149,17 +173,25 @@ class App:
             swap_models=swap_models_for(config),
         )
         await self._stack.enter_async_context(self.engine)
-        self.conversations = Conversations(
-            store=self.store, engine=self.engine, policy=Policy.from_config(config), config=config
+        policy = Policy.from_config(config)
+        book = SettingsBook(self.store, TurnSettings.defaults(config.render))
+        self.runner = TurnRunner(
+            store=self.store,
+            engine=self.engine,
+            policy=policy,
+            settings=book,
+            llm=config.llm,
+            model_name=config.render.model,
         )
-        self._stack.push_async_callback(self.conversations.close)
+        self._stack.push_async_callback(self.runner.close)
+        self.handler = ChatHandler(store=self.store, runner=self.runner, policy=policy, book=book)
         for adapter in self.adapters:
-            self.conversations.attach(adapter)
-        resumed = await self.conversations.resume_unfinished_turns()
+            self.handler.attach(adapter)
+        resumed = await self.runner.resume_unfinished_turns()
         if resumed:
             log.info("resumed %d unfinished turn(s)", resumed)
         for adapter in self.adapters:
-            await adapter.start(self.conversations)
+            await adapter.start(self.handler)
             self._stack.push_async_callback(adapter.stop)
 
     async def __aexit__(

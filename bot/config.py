@@ -41,6 +41,8 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from omost_engine.render.base import CFG_RANGE, HIRES_SCALE_RANGE, MAX_SIZE, MAX_STEPS, MIN_SIZE
+
 DEFAULT_CONFIG_FILE = Path("config.toml")
 """What `load_config(None)` reads when it exists in the current directory."""
 
@@ -48,6 +50,11 @@ DEFAULT_NEGATIVE_PROMPT = "lowres, bad anatomy, bad hands, cropped, worst qualit
 """SPEC 5.7."""
 
 DATABASE_FILE = "omost-bot.sqlite3"
+DEFAULT_RENDER_MODELS = {
+    "sdxl": "SG161222/RealVisXL_V4.0",
+    "flux2-klein": "black-forest-labs/FLUX.2-klein-4B",
+}
+"""What `[render] model` is when the config leaves it out, by `family` ("auto" reads as SDXL's)."""
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -169,11 +176,15 @@ class LLMConfig(_Section):
     max_new_tokens: Annotated[int, Field(ge=1, le=32768)] = 4096
     quantize: Literal["none", "4bit", "8bit", "auto"] = "auto"
     device: Device = "auto"
+    idle_timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    """Remote server only: the longest wait for the answer to start, and then for each line of it."""
+    total_timeout_s: Annotated[float, Field(gt=0)] = 600.0
+    """Remote server only: the longest one answer may take, retries included."""
     # Issue 11: the server's dialect (where the grammar goes) and whether decoding is constrained.
     server: Literal["auto", "vllm", "sglang", "llama.cpp", "tgi", "ollama", "generic"] = "auto"
     constrain: Literal["auto", "off"] = "auto"
 
-    _finite_temperature = field_validator("temperature", "top_p")(_finite)
+    _finite_numbers = field_validator("temperature", "top_p", "idle_timeout_s", "total_timeout_s")(_finite)
 
     @field_validator("model")
     @classmethod
@@ -194,18 +205,35 @@ class LLMConfig(_Section):
 
 
 class RenderConfig(_Section):
-    model: str = "SG161222/RealVisXL_V4.0"
-    width: Annotated[int, Field(ge=64, le=4096)] = 896
-    height: Annotated[int, Field(ge=64, le=4096)] = 1152
-    steps: Annotated[int, Field(ge=1, le=200)] = 25
-    cfg: Annotated[float, Field(ge=0.0, le=30.0)] = 5.0
+    family: Literal["auto", "sdxl", "flux2-klein"] = "auto"  # auto: the folder's model_index.json
+    model: str = DEFAULT_RENDER_MODELS["sdxl"]  # unset: the family's default (DEFAULT_RENDER_MODELS)
+    # the renderer's own limits (omost_engine.render.base), so the config, the chat's /settings
+    # and the renderer agree on what is allowed
+    width: Annotated[int, Field(ge=MIN_SIZE, le=MAX_SIZE)] = 896
+    height: Annotated[int, Field(ge=MIN_SIZE, le=MAX_SIZE)] = 1152
+    steps: Annotated[int, Field(ge=1, le=MAX_STEPS)] = 25
+    cfg: Annotated[float, Field(ge=CFG_RANGE[0], le=CFG_RANGE[1])] = 5.0
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
-    hires_scale: Annotated[float, Field(ge=1.0, le=2.0)] = 1.0
+    hires_scale: Annotated[float, Field(ge=HIRES_SCALE_RANGE[0], le=HIRES_SCALE_RANGE[1])] = 1.0
     memory: Literal["auto", "resident", "offload"] = "auto"
+    quantize: Literal["none", "4bit"] = "none"  # flux2-klein: NF4 transformer + text encoder
     device: Device = "auto"
 
     _sizes = field_validator("width", "height")(_multiple_of_64)
     _finite_floats = field_validator("cfg", "hires_scale")(_finite)
+
+    @model_validator(mode="after")
+    def _quantize_needs_flux(self) -> RenderConfig:
+        if self.quantize != "none" and self.family == "sdxl":
+            raise PydanticCustomError("config_key", 'needs family = "flux2-klein"', {"key": "quantize"})
+        return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _family_default_model(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "model" not in data and data.get("family") == "flux2-klein":
+            return {**data, "model": DEFAULT_RENDER_MODELS["flux2-klein"]}
+        return data
 
     @field_validator("model")
     @classmethod

@@ -11,9 +11,15 @@ Rules, in the order they are checked:
    allow list admits only its members. Ids are compared as strings; a list entry may be bare
    ("123", any platform) or platform-qualified ("telegram:123").
 2. Blocked words, for everyone (the operator's content rule): case-insensitive, whole words and
-   phrases, after folding accents, invisible characters, spaced-out letters ("b a d"), separators
-   ("b.a.d", "bad-word"), run-together phrases ("badword"), common digit/symbol swaps ("b4d") and
-   plain plurals ("words"). Substrings never match: blocking "ass" leaves "class" alone.
+   phrases, compared in the folded form of bot/lookalikes.py (NFKD, accents, invisible characters
+   and blank fillers gone, Cyrillic/Greek look-alikes read as Latin), after spaced-out letters
+   ("b a d", also inside a longer run of one-letter words: "a b a d"), separators ("b.a.d",
+   "bad-word"), run-together phrases ("badword"), common digit/symbol swaps ("b4d") and plain
+   plurals ("words"). Substrings of ordinary words never match: blocking "ass" leaves "class"
+   alone, and blocking "zebra" leaves "zebrafish" (a compound is a word of its own; list it too
+   if it should be refused). Only a run of spelled-out letters is searched inside: "z e b r a"
+   and "a z e b r a" are refused, and so is a spelled-out "c l a s s" when "ass" is blocked.
+   `is_blank(text)` says whether a request is empty once folded (`EMPTY_REQUEST_MESSAGE`).
 3. The queue cap, for everyone (it protects the shared queue).
 4. The rate limit; admins are exempt. A request counts against it only once it is let through.
 
@@ -28,14 +34,16 @@ from __future__ import annotations
 import math
 import re
 import time
-import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 
 from bot.config import AccessConfig, Config
+from bot.lookalikes import fold, is_blank
 from omost_engine.canvas import Canvas
+
+__all__ = ["EMPTY_REQUEST_MESSAGE", "BlockedWords", "Decision", "DenyReason", "Policy", "is_blank"]
 
 RATE_WINDOW_S = 60.0
 _SWEEP_EVERY = 1024  # checks between sweeps of idle users out of the rate-limit table
@@ -70,6 +78,8 @@ MESSAGES: dict[DenyReason, str] = {
     DenyReason.CHAT_NOT_ALLOWED: "Sorry, this bot isn't enabled in this chat.",
     DenyReason.BLOCKED_WORD: "That request uses a blocked word.",
 }
+EMPTY_REQUEST_MESSAGE = "Tell me what to draw."
+"""The reply to a request that `is_blank` (only spaces, punctuation or invisible characters)."""
 CANVAS_BLOCKED_MESSAGE = (
     "The picture the model described uses a blocked word, so it won't be drawn. Try asking differently."
 )
@@ -84,13 +94,6 @@ _LOOKALIKES = str.maketrans(
 )
 _WORD_WITH_SYMBOLS = re.compile(r"[\w@$!|]+")
 _TOKEN = re.compile(r"[^\W_]+")
-
-
-def _fold(text: str) -> str:
-    """Case-fold and strip accents and invisible characters (zero-width spaces, joiners)."""
-    decomposed = unicodedata.normalize("NFKD", text)
-    kept = "".join(ch for ch in decomposed if unicodedata.category(ch) not in {"Mn", "Cf"})
-    return kept.casefold()
 
 
 def _swap_lookalikes(folded: str) -> str:
@@ -119,18 +122,30 @@ def _join_spelled_out(tokens: list[str]) -> list[str]:
     return out
 
 
+def _spelled_runs(tokens: list[str]) -> Iterator[str]:
+    """Each run of two or more one-character tokens, joined: "a z e b r a" -> "azebra"."""
+    run: list[str] = []
+    for token in [*tokens, ""]:
+        if len(token) == 1:
+            run.append(token)
+            continue
+        if len(run) >= 2:
+            yield "".join(run)
+        run = []
+
+
 def _variants(text: str) -> Iterator[list[str]]:
-    """The token sequences a text is checked as: plain, with look-alikes swapped, each with
-    spelled-out letters joined."""
-    folded = _fold(text)
+    """The token sequences a text is checked as: blank fillers removed or read as spaces, each
+    plain and with digit/symbol look-alikes swapped, each with spelled-out letters joined."""
     seen: set[tuple[str, ...]] = set()
-    for source in (folded, _swap_lookalikes(folded)):
-        tokens = _TOKEN.findall(source)
-        for variant in (tokens, _join_spelled_out(tokens)):
-            key = tuple(variant)
-            if key not in seen:
-                seen.add(key)
-                yield variant
+    for folded in {fold(text), fold(text, fillers_as_space=True)}:
+        for source in (folded, _swap_lookalikes(folded)):
+            tokens = _TOKEN.findall(source)
+            for variant in (tokens, _join_spelled_out(tokens)):
+                key = tuple(variant)
+                if key not in seen:
+                    seen.add(key)
+                    yield variant
 
 
 class BlockedWords:
@@ -139,8 +154,9 @@ class BlockedWords:
     def __init__(self, entries: Iterable[str]) -> None:
         self._phrases: dict[str, list[tuple[str, ...]]] = {}
         self._compact: set[str] = set()
+        spelled: set[str] = set()  # every entry's letters run together, searched in spelled runs
         for entry in entries:
-            base = tuple(_TOKEN.findall(_fold(entry)))
+            base = tuple(_TOKEN.findall(fold(entry)))
             if not base:
                 continue
             # Plurals of the last word ("gun" also catches "guns"), never other substrings.
@@ -149,6 +165,10 @@ class BlockedWords:
                 self._phrases.setdefault(tokens[0], []).append(tokens)
                 if len(tokens) > 1:
                     self._compact.add("".join(tokens))  # "bad word" also catches "badword"
+            spelled.add("".join(base))  # plurals are longer runs containing it: found anyway
+        # Longest first, so the alternation reports a match wherever any entry occurs.
+        alternatives = sorted(spelled, key=len, reverse=True)
+        self._in_spelled = re.compile("|".join(map(re.escape, alternatives))) if alternatives else None
 
     def __bool__(self) -> bool:
         return bool(self._phrases)
@@ -157,6 +177,10 @@ class BlockedWords:
         if not self._phrases or not text:
             return False
         for tokens in _variants(text):
+            if self._in_spelled is not None and any(
+                self._in_spelled.search(run) for run in _spelled_runs(tokens)
+            ):
+                return True  # a spelled-out word inside a run of one-letter words: "a z e b r a"
             for i, token in enumerate(tokens):
                 if token in self._compact:
                     return True

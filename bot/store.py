@@ -17,289 +17,57 @@ last commits. One aiosqlite connection serves the process; multi-statement write
 
 It must not know about chat platforms' APIs, models or the engine: it stores ids and text.
 
-Errors:
-
-    StoreError               base
-    +-- TurnNotFound         no turn with that id
-    +-- InvalidTransition    a status change the lifecycle does not allow (e.g. done -> running)
-    +-- ImagePathError       an image path outside the data directory (or no data directory)
+The values (Turn, Conversation, statuses, link roles) and the errors live in bot/records.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from enum import Enum, StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiosqlite
 
-# --- errors -----------------------------------------------------------------------------------
+from bot.migrations import immediate_transaction, migrate
+from bot.records import (  # re-exported: callers import the values from the store
+    ALLOWED_TRANSITIONS,
+    UNSET,
+    Conversation,
+    ImagePathError,
+    InvalidTransition,
+    LinkRole,
+    LinkSpec,
+    MessageLink,
+    SettingsScope,
+    StoreError,
+    Turn,
+    TurnKind,
+    TurnNotFound,
+    TurnStatus,
+    _Unset,
+)
 
-
-class StoreError(Exception):
-    """Something the store refuses or cannot find."""
-
-
-class TurnNotFound(StoreError):
-    def __init__(self, turn_id: int) -> None:
-        self.turn_id = turn_id
-        super().__init__(f"there is no turn #{turn_id}")
-
-
-class InvalidTransition(StoreError):
-    def __init__(self, turn_id: int, current: TurnStatus, wanted: TurnStatus) -> None:
-        self.turn_id = turn_id
-        self.current = current
-        self.wanted = wanted
-        super().__init__(f"turn #{turn_id} is {current.value}; it cannot become {wanted.value}")
-
-
-class ImagePathError(StoreError):
-    pass
-
-
-# --- values -----------------------------------------------------------------------------------
-
-
-class TurnKind(StrEnum):
-    COMPOSE = "compose"  # the LLM writes a canvas, then it is rendered
-    RENDER = "render"  # the parent's canvas rendered again (new seed, higher resolution)
-    USER_CANVAS = "user_canvas"  # the user wrote the canvas code; the LLM is skipped
-
-
-class TurnStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-    @property
-    def finished(self) -> bool:
-        return self in (TurnStatus.DONE, TurnStatus.FAILED, TurnStatus.CANCELLED)
-
-
-ALLOWED_TRANSITIONS: dict[TurnStatus, frozenset[TurnStatus]] = {
-    TurnStatus.QUEUED: frozenset({TurnStatus.RUNNING, TurnStatus.FAILED, TurnStatus.CANCELLED}),
-    # running -> queued: a turn caught running by a crash is put back in the queue on restart.
-    TurnStatus.RUNNING: frozenset(
-        {TurnStatus.DONE, TurnStatus.FAILED, TurnStatus.CANCELLED, TurnStatus.QUEUED}
-    ),
-    # done is final: a turn's result is announced once. New seeds and rewrites are new turns.
-    TurnStatus.DONE: frozenset(),
-    # A Retry button may put a failed or cancelled turn back in the queue.
-    TurnStatus.FAILED: frozenset({TurnStatus.QUEUED}),
-    TurnStatus.CANCELLED: frozenset({TurnStatus.QUEUED}),
-}
-
-
-class LinkRole(StrEnum):
-    """What a posted platform message is to its turn."""
-
-    USER = "user"  # the person's own message that started the turn
-    STATUS = "status"  # the bot's "queued / writing / step 12 of 25" message, edited in place
-    PREVIEW = "preview"  # the layout preview
-    IMAGE = "image"  # the result image
-    CODE = "code"  # the canvas code file
-    ERROR = "error"  # a failure report (with its Retry button)
-
-
-class SettingsScope(StrEnum):
-    USER = "user"
-    CHAT = "chat"
-
-
-@dataclass(frozen=True)
-class Conversation:
-    id: int
-    platform: str
-    chat: str
-    thread: str
-    created_at: float
-
-
-@dataclass(frozen=True)
-class Turn:
-    id: int
-    conversation_id: int
-    parent_id: int | None
-    kind: TurnKind
-    owner: str
-    user_text: str
-    assistant_text: str | None
-    canvas_code: str | None
-    status: TurnStatus
-    error: str | None
-    seed: int | None
-    params: Mapping[str, Any]
-    image_path: str | None
-    """Relative to the data directory (posix separators); see Store.image_file."""
-    created_at: float
-    updated_at: float
-
-
-@dataclass(frozen=True)
-class MessageLink:
-    platform: str
-    chat: str
-    message_id: str
-    turn_id: int
-    role: LinkRole
-
-
-class _Unset(Enum):
-    UNSET = 0
-
-
-UNSET = _Unset.UNSET
-"""update_turn's "leave this column as it is" (None means: set it to NULL)."""
-
-
-# --- migrations -------------------------------------------------------------------------------
-
-Migration = Callable[[aiosqlite.Connection], Awaitable[None]]
-MIGRATIONS: list[tuple[str, Migration]] = []
-
-
-def migration(fn: Migration) -> Migration:
-    """Register a migration. Its name is recorded once applied; never rename or reorder them."""
-    MIGRATIONS.append((fn.__name__, fn))
-    return fn
-
-
-@migration
-async def m001_conversations_and_turns(db: aiosqlite.Connection) -> None:
-    await db.execute(
-        """
-        CREATE TABLE conversations (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            platform TEXT NOT NULL,
-            chat TEXT NOT NULL,
-            thread TEXT NOT NULL DEFAULT '',
-            created_at REAL NOT NULL
-        )
-        """
-    )
-    await db.execute("CREATE INDEX conversations_by_key ON conversations (platform, chat, thread, id)")
-    # AUTOINCREMENT: ids are never reused, so an old button or message link cannot reach a new turn.
-    await db.execute(
-        """
-        CREATE TABLE turns (
-            id INTEGER PRIMARY KEY AUTOINCREMENT,
-            conversation_id INTEGER NOT NULL REFERENCES conversations (id),
-            parent_id INTEGER REFERENCES turns (id),
-            kind TEXT NOT NULL CHECK (kind IN ('compose', 'render', 'user_canvas')),
-            owner TEXT NOT NULL,
-            user_text TEXT NOT NULL DEFAULT '',
-            assistant_text TEXT,
-            canvas_code TEXT,
-            status TEXT NOT NULL DEFAULT 'queued'
-                CHECK (status IN ('queued', 'running', 'done', 'failed', 'cancelled')),
-            error TEXT,
-            seed INTEGER,
-            params TEXT NOT NULL DEFAULT '{}',
-            image_path TEXT,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL
-        )
-        """
-    )
-    await db.execute("CREATE INDEX turns_by_parent ON turns (parent_id)")
-    await db.execute("CREATE INDEX turns_by_conversation ON turns (conversation_id, id)")
-
-
-@migration
-async def m002_message_links(db: aiosqlite.Connection) -> None:
-    await db.execute(
-        """
-        CREATE TABLE message_links (
-            platform TEXT NOT NULL,
-            chat TEXT NOT NULL,
-            message_id TEXT NOT NULL,
-            turn_id INTEGER NOT NULL REFERENCES turns (id),
-            role TEXT NOT NULL,
-            created_at REAL NOT NULL,
-            PRIMARY KEY (platform, chat, message_id)
-        )
-        """
-    )
-    await db.execute("CREATE INDEX message_links_by_turn ON message_links (turn_id)")
-
-
-@migration
-async def m003_settings(db: aiosqlite.Connection) -> None:
-    await db.execute(
-        """
-        CREATE TABLE settings (
-            scope TEXT NOT NULL CHECK (scope IN ('user', 'chat')),
-            platform TEXT NOT NULL,
-            subject TEXT NOT NULL,
-            value TEXT NOT NULL DEFAULT '{}',
-            updated_at REAL NOT NULL,
-            PRIMARY KEY (scope, platform, subject)
-        )
-        """
-    )
-
-
-@migration
-async def m004_unfinished_turns_index(db: aiosqlite.Connection) -> None:
-    # Crash recovery scans for unfinished turns at every start; keep that scan off the full table.
-    await db.execute("CREATE INDEX turns_unfinished ON turns (id) WHERE status IN ('queued', 'running')")
-
-
-async def applied_migrations(db: aiosqlite.Connection) -> list[str]:
-    await db.execute(
-        "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
-    )
-    async with db.execute("SELECT name FROM _migrations ORDER BY rowid") as cursor:
-        return [row[0] for row in await cursor.fetchall()]
-
-
-async def migrate(db: aiosqlite.Connection, *, upto: int | None = None) -> list[str]:
-    """Apply the migrations not yet recorded, each in its own transaction; returns their names.
-
-    `upto` stops after that many migrations in total (tests build old schemas with it).
-    """
-    done = set(await applied_migrations(db))
-    applied: list[str] = []
-    for name, fn in MIGRATIONS[:upto]:
-        if name in done:
-            continue
-        async with _immediate_transaction(db):
-            # Another process may have applied it since we looked; the write lock is ours now.
-            if name in await applied_migrations(db):
-                continue
-            await fn(db)
-            await db.execute("INSERT INTO _migrations (name, applied_at) VALUES (?, ?)", (name, time.time()))
-        applied.append(name)
-    return applied
-
-
-@asynccontextmanager
-async def _immediate_transaction(db: aiosqlite.Connection) -> AsyncIterator[aiosqlite.Connection]:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error or cancellation.
-
-    aiosqlite runs statements in order on its thread, so a ROLLBACK queued after a BEGIN whose
-    await was cancelled still follows it; "no transaction is active" is then harmless.
-    """
-    try:
-        await db.execute("BEGIN IMMEDIATE")
-        yield db
-        await db.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.OperationalError):
-            await db.execute("ROLLBACK")
-        raise
-
+__all__ = [
+    "ALLOWED_TRANSITIONS",
+    "UNSET",
+    "Conversation",
+    "ImagePathError",
+    "InvalidTransition",
+    "LinkRole",
+    "LinkSpec",
+    "MessageLink",
+    "SettingsScope",
+    "Store",
+    "StoreError",
+    "Turn",
+    "TurnKind",
+    "TurnNotFound",
+    "TurnStatus",
+]
 
 # --- the store --------------------------------------------------------------------------------
 
@@ -308,6 +76,11 @@ _TURN_COLUMNS = (
     "status, error, seed, params, image_path, created_at, updated_at"
 )
 _TURN_COLUMNS_QUALIFIED = ", ".join("turns." + c.strip() for c in _TURN_COLUMNS.split(","))
+_TURN_WIDTH = len(_TURN_COLUMNS.split(","))
+_CONVERSATION_COLUMNS_QUALIFIED = ", ".join(
+    f"conversations.{c}" for c in ("id", "platform", "chat", "thread", "created_at")
+)
+_CONVERSATION_WIDTH = 5
 _MAX_DEPTH = 100_000  # a guard against a hand-edited cycle; real chains are far shorter
 
 
@@ -382,7 +155,7 @@ class Store:
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        async with self._write_lock, _immediate_transaction(self._db) as db:
+        async with self._write_lock, immediate_transaction(self._db) as db:
             yield db
 
     async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
@@ -462,18 +235,20 @@ class Store:
         seed: int | None = None,
         params: Mapping[str, Any] | None = None,
         status: TurnStatus | str = TurnStatus.QUEUED,
+        links: Sequence[LinkSpec] = (),
     ) -> Turn:
-        """Store a new turn (queued unless told otherwise). The parent must be in the same
-        conversation: a reply continues the tree it belongs to."""
+        """Store a new turn (queued unless told otherwise) and link `links` to it, in one
+        transaction. The parent must be in the same conversation: a reply continues the tree it
+        belongs to."""
         kind = TurnKind(kind)
         status = TurnStatus(status)
         params_json = json.dumps(dict(params or {}), sort_keys=True)
         async with self._transaction() as db:
             if parent_id is not None:
-                async with db.execute(
+                rows = await db.execute_fetchall(
                     "SELECT conversation_id FROM turns WHERE id = ?", (parent_id,)
-                ) as cursor:
-                    row = await cursor.fetchone()
+                )
+                row = next(iter(rows), None)
                 if row is None:
                     raise TurnNotFound(parent_id)
                 if row[0] != conversation_id:
@@ -481,7 +256,7 @@ class Store:
                         f"turn #{parent_id} belongs to conversation {row[0]}, not {conversation_id}"
                     )
             now = self._clock()
-            async with db.execute(
+            inserted = await db.execute_fetchall(
                 f"INSERT INTO turns (conversation_id, parent_id, kind, owner, user_text, "
                 f"canvas_code, status, seed, params, created_at, updated_at) "
                 f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_TURN_COLUMNS}",
@@ -498,10 +273,10 @@ class Store:
                     now,
                     now,
                 ),
-            ) as cursor:
-                inserted = await cursor.fetchone()
-        assert inserted is not None
-        return _turn(inserted)
+            )
+            row = next(iter(inserted))  # RETURNING always yields the inserted row
+            await self._insert_links(db, row[0], links)
+        return _turn(row)
 
     async def get_turn(self, turn_id: int) -> Turn:
         row = await self._row(f"SELECT {_TURN_COLUMNS} FROM turns WHERE id = ?", (turn_id,))
@@ -538,29 +313,24 @@ class Store:
         seed: int | _Unset | None = UNSET,
         params: Mapping[str, Any] | _Unset = UNSET,
         image_path: Path | str | _Unset | None = UNSET,
+        links: Sequence[LinkSpec] = (),
     ) -> Turn:
-        """Change a turn's columns and, when `status` differs from the current one, its status.
+        """Change a turn's columns and, when `status` differs from the current one, its status;
+        `links` are linked to the turn in the same transaction.
 
         The status change is checked against ALLOWED_TRANSITIONS in the same statement that
         makes it (compare-and-set), so two writers can never both finish one turn.
         """
-        sets: list[str] = []
-        args: list[Any] = []
-        for column, value in (
-            ("assistant_text", assistant_text),
-            ("canvas_code", canvas_code),
-            ("error", error),
-            ("seed", seed),
-        ):
-            if value is not UNSET:
-                sets.append(f"{column} = ?")
-                args.append(value)
+        sets, args = self._column_changes(
+            assistant_text=assistant_text,
+            canvas_code=canvas_code,
+            error=error,
+            seed=seed,
+            image_path=image_path,
+        )
         if params is not UNSET:
             sets.append("params = ?")
             args.append(json.dumps(dict(params), sort_keys=True))
-        if image_path is not UNSET:
-            sets.append("image_path = ?")
-            args.append(None if image_path is None else self.relative_image_path(image_path))
         wanted = TurnStatus(status) if status is not None else None
         where = "id = ?"
         where_args: list[Any] = [turn_id]
@@ -573,20 +343,43 @@ class Store:
             where_args += [*sources, wanted.value]
         sets.append("updated_at = ?")
         args.append(self._clock())
+        update = f"UPDATE turns SET {', '.join(sets)} WHERE {where} RETURNING {_TURN_COLUMNS}"
+        if not links:  # one statement is its own transaction (autocommit): one hop to the thread
+            async with self._write_lock:
+                row = next(iter(await self._db.execute_fetchall(update, [*args, *where_args])), None)
+            if row is None:
+                await self._refused(turn_id, wanted, self._db)
+            return _turn(row)
         async with self._transaction() as db:
-            async with db.execute(
-                f"UPDATE turns SET {', '.join(sets)} WHERE {where} RETURNING {_TURN_COLUMNS}",
-                [*args, *where_args],
-            ) as cursor:
+            async with db.execute(update, [*args, *where_args]) as cursor:
                 row = await cursor.fetchone()
             if row is None:
-                async with db.execute("SELECT status FROM turns WHERE id = ?", (turn_id,)) as cur:
-                    current = await cur.fetchone()
-                if current is None:
-                    raise TurnNotFound(turn_id)
-                assert wanted is not None  # without a status change the update cannot miss
-                raise InvalidTransition(turn_id, TurnStatus(current[0]), wanted)
+                await self._refused(turn_id, wanted, db)
+            await self._insert_links(db, turn_id, links)
         return _turn(row)
+
+    @staticmethod
+    async def _refused(turn_id: int, wanted: TurnStatus | None, db: aiosqlite.Connection) -> NoReturn:
+        """Why an update matched no row: no such turn, or a status change the lifecycle refuses."""
+        rows = await db.execute_fetchall("SELECT status FROM turns WHERE id = ?", (turn_id,))
+        current = next(iter(rows), None)
+        if current is None:
+            raise TurnNotFound(turn_id)
+        assert wanted is not None  # without a status change the update cannot miss
+        raise InvalidTransition(turn_id, TurnStatus(current[0]), wanted)
+
+    def _column_changes(self, **columns: Any) -> tuple[list[str], list[Any]]:
+        """The SET clauses and arguments for the columns given a value (UNSET ones are left)."""
+        sets: list[str] = []
+        args: list[Any] = []
+        for column, value in columns.items():
+            if value is UNSET:
+                continue
+            if column == "image_path" and value is not None:
+                value = self.relative_image_path(value)
+            sets.append(f"{column} = ?")
+            args.append(value)
+        return sets, args
 
     async def history(self, turn_id: int) -> list[Turn]:
         """The chain from the root to `turn_id` (inclusive), oldest first, in one query."""
@@ -635,6 +428,30 @@ class Store:
 
     # --- message links ------------------------------------------------------------------------
 
+    async def link_messages(self, turn_id: int, links: Sequence[LinkSpec]) -> None:
+        """Link several posted messages to a turn at once (one post can make several messages)."""
+        if links:
+            async with self._transaction() as db:
+                await self._insert_links(db, turn_id, links)
+
+    async def _insert_links(self, db: aiosqlite.Connection, turn_id: int, links: Sequence[LinkSpec]) -> None:
+        if not links:
+            return
+        now = self._clock()
+        rows = [
+            (platform, str(chat), str(mid), turn_id, LinkRole(role).value, now)
+            for platform, chat, mid, role in links
+        ]
+        try:
+            await db.executemany(
+                "INSERT INTO message_links (platform, chat, message_id, turn_id, role, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (platform, chat, message_id) "
+                "DO UPDATE SET turn_id = excluded.turn_id, role = excluded.role",
+                rows,
+            )
+        except aiosqlite.IntegrityError:
+            raise TurnNotFound(turn_id) from None
+
     async def link_message(
         self, platform: str, chat: str, message_id: str | int, turn_id: int, role: LinkRole | str
     ) -> MessageLink:
@@ -651,6 +468,47 @@ class Store:
             except aiosqlite.IntegrityError:
                 raise TurnNotFound(turn_id) from None
         return link
+
+    async def message_turn(
+        self, platform: str, chat: str, message_id: str | int
+    ) -> tuple[Turn, Conversation] | None:
+        """The turn a posted message belongs to, with its conversation, in one query."""
+        return await self._turn_with_conversation(
+            "JOIN message_links ON message_links.turn_id = turns.id WHERE message_links.platform = ? "
+            "AND message_links.chat = ? AND message_links.message_id = ?",
+            (platform, str(chat), str(message_id)),
+        )
+
+    async def turn_in_conversation(self, turn_id: int) -> tuple[Turn, Conversation] | None:
+        """A turn with its conversation, in one query (None when there is no such turn)."""
+        return await self._turn_with_conversation("WHERE turns.id = ?", (turn_id,))
+
+    async def _turn_with_conversation(
+        self, where: str, args: Sequence[Any]
+    ) -> tuple[Turn, Conversation] | None:
+        row = await self._row(
+            f"SELECT {_TURN_COLUMNS_QUALIFIED}, {_CONVERSATION_COLUMNS_QUALIFIED} FROM turns "
+            f"JOIN conversations ON conversations.id = turns.conversation_id {where}",
+            args,
+        )
+        return (_turn(row), _conversation(row[_TURN_WIDTH:])) if row else None
+
+    async def conversation_head(
+        self, platform: str, chat: str | int, thread: str | int = ""
+    ) -> tuple[Conversation | None, Turn | None]:
+        """The key's latest conversation and its latest turn, in one query."""
+        row = await self._row(
+            f"SELECT {_CONVERSATION_COLUMNS_QUALIFIED}, {_TURN_COLUMNS_QUALIFIED} FROM conversations "
+            "LEFT JOIN turns ON turns.id = "
+            "(SELECT max(id) FROM turns WHERE turns.conversation_id = conversations.id) "
+            "WHERE conversations.platform = ? AND conversations.chat = ? AND conversations.thread = ? "
+            "ORDER BY conversations.id DESC LIMIT 1",
+            (platform, str(chat), str(thread)),
+        )
+        if row is None:
+            return None, None
+        turn = _turn(row[_CONVERSATION_WIDTH:]) if row[_CONVERSATION_WIDTH] is not None else None
+        return _conversation(row), turn
 
     async def turn_for_message(self, platform: str, chat: str, message_id: str | int) -> Turn | None:
         """The turn a posted message belongs to (what a reply or a button press continues)."""

@@ -791,7 +791,10 @@ class Engine:
                 self._rates.observe_render(entry.job.params, outcome.base_step_times, outcome.model_s)
         if outcome.error is not None and entry.handle.terminal is None and not entry.cancel.is_set():
             if is_out_of_memory(outcome.error) or isinstance(outcome.error, errors.EngineError):
-                log.warning("job %s failed: %s", entry.job.job_id, outcome.error)
+                # the detail (paths, server text) is for the log; the user's message leaves it out
+                log.warning(
+                    "job %s failed: %s", entry.job.job_id, getattr(outcome.error, "detail", outcome.error)
+                )
             else:
                 log.error("job %s failed", entry.job.job_id, exc_info=outcome.error)
         self._finish(entry, self._terminal_for(entry, outcome))

@@ -32,7 +32,7 @@ async def test_real_tiny_models_through_the_bot(tmp_path: Path, models: tuple[Pa
     async with App(config, adapters=[adapter]) as app:
         # a canvas the user wrote: the real regional SDXL pipeline draws it
         await adapter.say(to_answer(parse(seed_answers()[0])))
-        await asyncio.wait_for(app.conversations.drain(), 300)
+        await asyncio.wait_for(app.runner.drain(), 300)
         turn = await app.store.get_turn(1)
         assert turn.status == TurnStatus.DONE, turn.error
         image = adapter.posts("image")[0].post.image
@@ -44,7 +44,7 @@ async def test_real_tiny_models_through_the_bot(tmp_path: Path, models: tuple[Pa
         # a prompt: the random-weight model streams for real, cannot write a canvas, and the user
         # is told so with the line and a Retry button (nothing is drawn)
         await adapter.say("a lighthouse in a storm", chat="c2")
-        await asyncio.wait_for(app.conversations.drain(), 300)
+        await asyncio.wait_for(app.runner.drain(), 300)
         turn = await app.store.get_turn(2)
         assert turn.status == TurnStatus.FAILED
         assert turn.assistant_text  # the model's streamed answer was kept

@@ -245,3 +245,11 @@ def test_urls_must_be_http(tmp_path: Path) -> None:
     )
     config = load_config(write(tmp_path, '[telegram]\nbase_url = "http://127.0.0.1:8081"\n'))
     assert config.telegram.base_url == "http://127.0.0.1:8081"
+
+
+def test_the_render_family_picks_its_default_model() -> None:
+    from bot.config import parse_config
+
+    assert parse_config('[render]\nfamily = "flux2-klein"\n').render.model == "black-forest-labs/FLUX.2-klein-4B"
+    assert parse_config("").render.model == "SG161222/RealVisXL_V4.0"
+    assert parse_config('[render]\nfamily = "flux2-klein"\nmodel = "/srv/klein"\n').render.model == "/srv/klein"

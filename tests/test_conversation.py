@@ -33,7 +33,7 @@ class Bot:
         self.store = app.store
 
     async def settle(self) -> None:
-        await asyncio.wait_for(self.app.conversations.drain(), 30)
+        await asyncio.wait_for(self.app.runner.drain(), 30)
 
     async def turn(self, turn_id: int) -> Any:
         return await self.store.get_turn(turn_id)
@@ -307,8 +307,9 @@ async def test_crash_recovery_edits_the_status_in_place_and_finishes_once(tmp_pa
         if bot.renderer.steps_run and bot.renderer.steps_run[0] >= 1:
             break
     # a crash: tasks die, nothing is cleaned up in the store
-    for task in list(app.conversations._tasks.values()):
-        task.cancel()
+    for flight in list(app.runner._flight.values()):
+        assert flight.task is not None
+        flight.task.cancel()
     await asyncio.sleep(0.05)
     turn = await bot.turn(1)
     await bot.store.connection.execute("UPDATE turns SET status = 'running' WHERE id = 1")

@@ -23,7 +23,7 @@ from PIL import Image
 
 from adapters.base import OutFile
 from adapters.discord_bot import DiscordAdapter, fit_image
-from bot.app import App
+from bot.app import App, platform_adapters
 from bot.config import Config
 from bot.store import LinkRole, TurnKind, TurnStatus
 from omost_engine.canvas_code import parse, to_answer
@@ -49,7 +49,8 @@ def make_config(tmp_path: Path, **sections: Any) -> Config:
 
 
 def make_adapter(config: Config) -> DiscordAdapter:
-    adapter = DiscordAdapter.from_config(config)
+    (adapter,) = platform_adapters(config)
+    assert isinstance(adapter, DiscordAdapter)
     adapter.guild_ready_timeout = 0.05
     adapter.min_edit_interval = 0.05
     return adapter
@@ -86,7 +87,7 @@ async def settle(
     app: App, fake: FakeDiscord, count: int, channel_id: int | None = None
 ) -> list[dict[str, Any]]:
     found = await fake.wait_for(lambda: len(results(fake, channel_id)) >= count and results(fake, channel_id))
-    await asyncio.wait_for(app.conversations.drain(), 20)
+    await asyncio.wait_for(app.runner.drain(), 20)
     return found
 
 
@@ -359,7 +360,7 @@ async def test_attach_files_refused_falls_back_to_text_and_nothing_is_lost(
     async with running_bot(tmp_path, fake) as app:
         await fake.slash("omost", {"prompt": "a lighthouse in a storm"})
         await fake.wait_for(lambda: any(m["content"].endswith("done.") for m in fake.sent()))
-        await asyncio.wait_for(app.conversations.drain(), 20)
+        await asyncio.wait_for(app.runner.drain(), 20)
         thread = thread_of(fake)
         in_thread = fake.sent(thread)
         assert all(not m["attachments"] for m in in_thread)
@@ -375,7 +376,7 @@ async def test_attach_files_refused_falls_back_to_text_and_nothing_is_lost(
         # the buttons still work on the text result
         await fake.press("omost:seed:1", int(result["id"]))
         await fake.wait_for(lambda: [m for m in fake.sent(thread) if "drawn again" in m["content"]])
-        await asyncio.wait_for(app.conversations.drain(), 20)
+        await asyncio.wait_for(app.runner.drain(), 20)
         assert (await app.store.get_turn(2)).status == TurnStatus.DONE
 
 
@@ -392,7 +393,7 @@ async def test_a_refusal_the_cache_did_not_foresee_steps_down(
         found = await fake.wait_for(
             lambda: [m for m in fake.sent(thread) if fake.file(m, "turn-2.png") is not None]
         )
-        await asyncio.wait_for(app.conversations.drain(), 20)
+        await asyncio.wait_for(app.runner.drain(), 20)
         [second] = found
         assert second["embeds"] == [] and [a["filename"] for a in second["attachments"]] == [
             "turn-2.png",
@@ -409,7 +410,7 @@ async def test_embed_links_refused_sends_the_picture_without_the_embed(
     async with running_bot(tmp_path, fake) as app:
         await fake.slash("omost", {"prompt": "a lighthouse in a storm"})
         found = await fake.wait_for(lambda: [m for m in fake.sent() if m["components"] and m["attachments"]])
-        await asyncio.wait_for(app.conversations.drain(), 20)
+        await asyncio.wait_for(app.runner.drain(), 20)
         [result] = found
         assert result["channel_id"] == str(thread_of(fake))
         assert result["embeds"] == []
@@ -497,7 +498,7 @@ async def test_an_oversize_attachment_is_ignored_with_a_clear_answer(
         message = await fake.say("", channel_id=dm, files=[("huge.py", big)])
         [answer] = await fake.wait_for(lambda: fake.sent(dm))
         await asyncio.sleep(0.3)
-        await asyncio.wait_for(app.conversations.drain(), 20)
+        await asyncio.wait_for(app.runner.drain(), 20)
         assert fake.sent(dm) == [answer]  # one answer, nothing else
         assert "huge.py" in answer["content"] and "10 MiB" in answer["content"]
         assert answer["message_reference"]["message_id"] == message["id"]
@@ -517,8 +518,8 @@ async def test_a_failing_handler_tells_the_user_privately_and_logs_once(
         await fake.slash("omost", {"prompt": "a lighthouse in a storm"})
         [result] = await settle(app, fake, 1)
         caplog.clear()
-        monkeypatch.setattr(app.conversations, "on_message", broken)
-        monkeypatch.setattr(app.conversations, "on_button", broken)
+        monkeypatch.setattr(app.handler, "on_message", broken)
+        monkeypatch.setattr(app.handler, "on_button", broken)
         # /omost: its response is already the request, so the note is an ephemeral followup
         await fake.slash("omost", {"prompt": "a lighthouse at night"})
         [note] = await fake.wait_for(private_notes)
@@ -595,7 +596,44 @@ async def test_tiny_real_models_through_discord(
         status = await fake.wait_for(
             lambda: [m for m in fake.sent() if "did not parse" in m["content"]], timeout=240
         )
-        await asyncio.wait_for(app.conversations.drain(), 240)
+        await asyncio.wait_for(app.runner.drain(), 240)
         assert status[-1]["channel_id"] == str(thread_of(fake))
         assert buttons(status[-1]) == ["omost:retry:2"]
         assert (await app.store.get_turn(2)).status == TurnStatus.FAILED
+
+
+async def test_the_cancel_button_answers_only_its_owner(tmp_path: Path, fake: FakeDiscord) -> None:
+    from bot.turns.handler import NOT_YOURS
+
+    async with running_bot(tmp_path, fake, renderer=FakeRenderer(step_delay_s=0.2)) as app:
+        await fake.slash("omost", {"prompt": "a lighthouse in a storm"}, user_id=1001)
+        for _ in range(200):  # until the status message is posted and linked
+            if await app.store.messages_for_turn(1, LinkRole.STATUS):
+                break
+            await asyncio.sleep(0.02)
+        status = await status_id(app, 1)
+        await fake.wait_for(lambda: "step" in fake.messages[status]["content"])
+        assert buttons(fake.messages[status]) == ["omost:cancel:1"]  # a Cancel button while it draws
+        await fake.press("omost:cancel:1", status, user_id=1002)
+        [refusal] = await fake.wait_for(
+            lambda: [m for m in fake.messages.values() if NOT_YOURS in m["content"]]
+        )
+        assert refusal["flags"] & 64  # ephemeral: only bob sees it
+        assert (await app.store.get_turn(1)).status == TurnStatus.RUNNING
+        await fake.press("omost:cancel:1", status, user_id=1001)
+        await asyncio.wait_for(app.runner.drain(), 20)
+        assert (await app.store.get_turn(1)).status == TurnStatus.CANCELLED
+        await fake.wait_for(lambda: "Cancelled" in fake.messages[status]["content"])
+        assert buttons(fake.messages[status]) == ["omost:retry:1"]
+        assert not results(fake)
+
+
+async def test_corrections_are_shown_in_the_result(tmp_path: Path, fake: FakeDiscord) -> None:
+    from tests.test_turn_results import misspelled_canvas
+
+    code, location = misspelled_canvas()
+    async with running_bot(tmp_path, fake) as app:
+        dm = int(fake.dm_channel(1001)["id"])
+        await fake.say(code, channel_id=dm)
+        [result] = await settle(app, fake, 1, dm)
+        assert f"“{location}x” → “{location}”" in result["embeds"][0]["description"]

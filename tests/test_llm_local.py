@@ -310,7 +310,8 @@ def test_out_of_memory_while_generating_names_the_model_and_the_memory(tiny_llm:
         hook.remove()
     assert info.value.model == str(tiny_llm)
     assert info.value.needed_bytes and info.value.needed_bytes > 0
-    assert str(tiny_llm) in str(info.value) and "GB" in str(info.value)
+    assert str(tiny_llm) in info.value.detail and "GB" in str(info.value)
+    assert f"'\u2026/{tiny_llm.name}'" in str(info.value) and str(tiny_llm) not in str(info.value)
     assert run(b, HELLO)[0].stats.new_tokens == GREEDY.max_new_tokens  # the backend still works
 
 

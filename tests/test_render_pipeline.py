@@ -208,7 +208,10 @@ def test_missing_weights_name_the_model_and_the_download_command(
     for model in ("nobody/no-such-sdxl", str(tmp_path / "missing-folder"), str(tmp_path / "x.safetensors")):
         with pytest.raises(ModelNotAvailable) as info:
             SDXLRegionalRenderer(model, device="cpu").render(seed_canvas, SMALL)
-        assert model in str(info.value)
+        assert model in info.value.detail and info.value.model == model
+        # A hub id is shown as it is; a local path only by its last part (issue 13).
+        shown = model if model.startswith("nobody/") else "\u2026/" + Path(model).name
+        assert shown in str(info.value) and str(tmp_path) not in str(info.value)
         assert "omost-bot download" in str(info.value)
 
 
@@ -219,7 +222,10 @@ def test_out_of_memory_names_the_model(renderer: SDXLRegionalRenderer, seed_canv
     with pytest.raises(OutOfMemory) as info:
         renderer.render(seed_canvas, SMALL, on_step=exhausted)
     assert info.value.model == renderer.name
-    assert renderer.name in str(info.value)
+    assert renderer.name in info.value.detail
+    assert Path(renderer.name).name in str(info.value) and str(Path(renderer.name).parent) not in str(
+        info.value
+    )
 
 
 def test_lower_memory_mode_renders_the_same_image(model_dir: Path, seed_canvas: Any) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 import aiosqlite
 import pytest
 
+from bot.migrations import MIGRATIONS, applied_migrations, migrate
 from bot.store import (
-    MIGRATIONS,
     ImagePathError,
     InvalidTransition,
     LinkRole,
@@ -25,8 +25,6 @@ from bot.store import (
     TurnKind,
     TurnNotFound,
     TurnStatus,
-    applied_migrations,
-    migrate,
 )
 
 ALL_MIGRATIONS = [name for name, _ in MIGRATIONS]
@@ -125,7 +123,7 @@ async def test_a_failing_migration_leaves_no_trace(tmp_path: Path, monkeypatch: 
         await db.execute("CREATE TABLE half_done (x)")
         raise RuntimeError("boom")
 
-    monkeypatch.setattr("bot.store.MIGRATIONS", [*MIGRATIONS, ("m999_broken", broken)])
+    monkeypatch.setattr("bot.migrations.MIGRATIONS", [*MIGRATIONS, ("m999_broken", broken)])
     db = await aiosqlite.connect(tmp_path / "x.sqlite3", isolation_level=None)
     with pytest.raises(RuntimeError):
         await migrate(db)

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from adapters.base import Button, Post
-from adapters.telegram_bot import TelegramAdapter, button_data, parse_button_data
+from adapters.base import Button, Post, decode_button, encode_button
+from adapters.telegram_bot import TelegramAdapter
 from bot.app import App, platform_adapters
 from bot.config import Config
 from bot.store import TurnKind, TurnStatus
@@ -72,7 +72,7 @@ class Bot:
     async def results_in(self, chat: int, count: int, thread: int | None = None) -> list[ChatMessage]:
         """Wait until `count` results are in the chat and every turn has finished."""
         await self.tg.wait_for(lambda: len(self.results(chat, thread)) >= count)
-        await asyncio.wait_for(self.app.conversations.drain(), 30)
+        await asyncio.wait_for(self.app.runner.drain(), 30)
         return self.results(chat, thread)
 
     async def reply_in(self, chat: int, count: int) -> str:
@@ -196,7 +196,7 @@ async def test_commands_help_new_cancel_and_unknown(tmp_path: Path, tg: FakeTele
         await bot.tg.wait_for(lambda: bool(bot.statuses(ALICE)))
         tg.user_message(ALICE, "/cancel")
         await bot.tg.wait_for(lambda: any(t.startswith("Cancelling turn 1") for t in bot.texts(ALICE)))
-        await asyncio.wait_for(bot.app.conversations.drain(), 30)
+        await asyncio.wait_for(bot.app.runner.drain(), 30)
         assert (await bot.app.store.get_turn(1)).status == TurnStatus.CANCELLED
         await bot.tg.wait_for(lambda: "Cancelled" in bot.statuses(ALICE)[0].text)
         status = bot.statuses(ALICE)[0]
@@ -478,7 +478,7 @@ async def test_the_tiny_real_models_through_telegram(tmp_path: Path, tg: FakeTel
         code = to_code(parse(seed_answers()[0]))
         tg.user_message(ALICE, "", document=("scene.py", code.encode(), "text/x-python"))
         await tg.wait_for(lambda: any(m.keyboard for m in tg.bot_messages(ALICE) if m.kind == "photo"), 240)
-        await asyncio.wait_for(app.conversations.drain(), 240)
+        await asyncio.wait_for(app.runner.drain(), 240)
         result = next(m for m in tg.bot_messages(ALICE) if m.kind == "photo" and m.keyboard)
         restored = read_png_metadata(result.data)
         assert restored is not None and restored.canvas == parse(seed_answers()[0])
@@ -493,8 +493,39 @@ async def test_the_tiny_real_models_through_telegram(tmp_path: Path, tg: FakeTel
 
 def test_callback_data_fits_64_bytes_and_parses_back() -> None:
     for action in ("seed", "rewrite", "hires", "retry", "cancel"):
-        data = button_data(Button(action, 2**63 - 1))  # type: ignore[arg-type]
+        data = encode_button(Button(action, 2**63 - 1))  # type: ignore[arg-type]
         assert len(data.encode()) <= 64
-        assert parse_button_data(data) == (action, 2**63 - 1)
-    assert parse_button_data("omost:rm -rf:1") is None
-    assert parse_button_data("set:size=1024x1024") is None
+        assert decode_button(data) == (action, 2**63 - 1)
+    assert decode_button("omost:rm -rf:1") is None
+    assert decode_button("set:size=1024x1024") is None
+
+
+async def test_the_cancel_button_answers_only_its_owner(tmp_path: Path, tg: FakeTelegram) -> None:
+    from bot.turns.handler import NOT_YOURS
+
+    async with telegram_bot(tmp_path, tg, renderer=FakeRenderer(step_delay_s=0.2)) as bot:
+        tg.user_message(GROUP, f"/omost {FIRST}", chat_type="group", user=ALICE)
+        await tg.wait_for(lambda: any("step" in m.text for m in bot.statuses(GROUP)))
+        (status,) = bot.statuses(GROUP)
+        assert "omost:cancel:1" in status.buttons  # a Cancel button while it draws
+        bob_press = tg.press(GROUP, status.message_id, "omost:cancel:1", user=BOB)
+        await tg.wait_for(lambda: bob_press in tg.callback_answers)
+        assert tg.callback_answers[bob_press]["text"] == NOT_YOURS  # a private answer, to bob only
+        assert (await bot.app.store.get_turn(1)).status == TurnStatus.RUNNING
+        alice_press = tg.press(GROUP, status.message_id, "omost:cancel:1", user=ALICE)
+        await tg.wait_for(lambda: alice_press in tg.callback_answers)
+        await asyncio.wait_for(bot.app.runner.drain(), 30)
+        assert (await bot.app.store.get_turn(1)).status == TurnStatus.CANCELLED
+        await tg.wait_for(lambda: "Cancelled" in bot.statuses(GROUP)[0].text)
+        assert bot.statuses(GROUP)[0].buttons == ["omost:retry:1"]
+        assert not bot.results(GROUP)
+
+
+async def test_corrections_are_shown_in_the_result(tmp_path: Path, tg: FakeTelegram) -> None:
+    from tests.test_turn_results import misspelled_canvas
+
+    code, location = misspelled_canvas()
+    async with telegram_bot(tmp_path, tg) as bot:
+        tg.user_message(ALICE, code)
+        (result,) = await bot.results_in(ALICE, 1)
+        assert f"“{location}x” → “{location}”" in result.text

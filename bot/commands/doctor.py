@@ -38,9 +38,13 @@ def _gpu() -> dict[str, Any]:
 
 
 def _weights(model: str) -> dict[str, Any]:
+    from bot.firststart import is_hub_id
+
     path = Path(model).expanduser()
     if path.exists():
         return {"model": model, "present": True, "where": str(path)}
+    if not is_hub_id(model):  # nothing to download for a path
+        return {"model": model, "present": False, "where": "missing: no such file or folder"}
     try:
         from huggingface_hub import scan_cache_dir
 
@@ -53,7 +57,7 @@ def _weights(model: str) -> dict[str, Any]:
         "present": present,
         "where": "Hugging Face cache"
         if present
-        else "missing: run `omost-bot download` or point config at a folder",
+        else "missing: run `omost-bot download` or point the config at a folder",
     }
 
 
@@ -79,6 +83,16 @@ def _constraint(llm: Any) -> dict[str, Any]:
         "server": server,
         "how": f"{server} ({evidence}) cannot enforce a grammar: one repair turn per bad answer",
     }
+def _family(render: Any) -> dict[str, Any]:
+    """The renderer family in force: the configured one, or what "auto" finds in model_index.json."""
+    from omost_engine.render.factory import UnknownModelFamily, detect_family
+
+    if render.family != "auto":
+        return {"family": render.family}
+    try:
+        return {"family": detect_family(render.model)}
+    except UnknownModelFamily as e:
+        return {"family": None, "family_error": str(e)}
 
 
 def report(config: Any) -> dict[str, Any]:
@@ -95,7 +109,10 @@ def report(config: Any) -> dict[str, Any]:
     return {
         "config": config.source,
         "gpu": _gpu(),
-        "weights": {"llm": llm_weights, "render": _weights(config.render.model)},
+        "weights": {
+            "llm": llm_weights,
+            "render": {**_weights(config.render.model), **_family(config.render)},
+        },
         "grammar": _constraint(config.llm),
         "tokens": tokens,
         "platforms": {"telegram": config.telegram.enabled, "discord": config.discord.enabled},
@@ -119,7 +136,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"gpu:      none ({gpu['note']})")
     for name, w in data["weights"].items():
         state = "ok" if w["present"] else ("remote" if w["present"] is None else "MISSING")
-        print(f"{name + ':':9} {w['model']} [{state}] {w['where']}")
+        family = f" ({w['family']})" if w.get("family") else ""
+        print(f"{name + ':':9} {w['model']}{family} [{state}] {w['where']}")
+        if w.get("family_error"):
+            print(f"          {w['family_error']}")
     grammar = data["grammar"]
     print(f"grammar:  {'constrained' if grammar['constrained'] else 'NOT constrained'}: {grammar['how']}")
     for key, t in data["tokens"].items():

@@ -6,7 +6,9 @@ else from the config (`-c`, or ./config.toml when present), else SPEC.md's defau
 server (`backend = "openai"`) needs no language-model weights here.
 huggingface_hub's own progress bars show the transfer; only the files the
 engine loads are fetched (safetensors over .bin; for SDXL the fp16 variant when the repo has one,
-never the single-file checkpoints beside the diffusers folders). A model given as a local folder
+never the single-file checkpoints beside the diffusers folders, which FLUX.2 [klein] repos carry
+too). After an image model is fetched its family (sdxl or flux2-klein, from model_index.json) is
+printed: that is what `[render] family = "auto"` will choose. A model given as a local folder
 needs no download. Exit codes: 0 fetched or already there, 1 a download failed (offline, unknown
 repo, gated, network), 2 bad arguments.
 
@@ -21,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-HELP = "fetch the language model and/or SDXL weights into the Hugging Face cache, with progress bars"
+HELP = "fetch the language model and/or image model (SDXL or FLUX.2 [klein]) weights, with progress bars"
+LIBRARY_PROGRESS = True  # huggingface_hub's bars are what this command shows (bot/cli.py)
 
 DEFAULT_LLM_MODEL = "lllyasviel/omost-llama-3-8b-4bits"
 DEFAULT_RENDER_MODEL = "SG161222/RealVisXL_V4.0"
@@ -35,7 +38,9 @@ class Fetch:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--llm", action="store_true", help="fetch the language model")
-    parser.add_argument("--render", action="store_true", help="fetch the SDXL model")
+    parser.add_argument(
+        "--render", action="store_true", help="fetch the image model (SDXL or FLUX.2 [klein])"
+    )
     parser.add_argument(
         "--llm-model", metavar="ID", help=f"hub id (default: the config's, else {DEFAULT_LLM_MODEL})"
     )
@@ -68,7 +73,8 @@ def allow_patterns(kind: str, files: list[str]) -> list[str]:
     if "model_index.json" not in files:  # a repo holding single-file checkpoints only
         return ["*.json", "*.safetensors"]
     fp16 = any("/" in f and f.endswith(".fp16.safetensors") for f in files)
-    return ["*.json", "*.txt", "*/*.fp16.safetensors" if fp16 else "*/*.safetensors"]
+    # *.jinja: newer tokenizers (klein's Qwen3) keep their chat template in chat_template.jinja.
+    return ["*.json", "*.txt", "*.jinja", "*/*.fp16.safetensors" if fp16 else "*/*.safetensors"]
 
 
 def _fetch(item: Fetch, cache_dir: str | None) -> str:
@@ -91,7 +97,7 @@ def _failure(item: Fetch, error: Exception) -> str:
         RepositoryNotFoundError,
     )
 
-    what = "language model" if item.kind == "llm" else "SDXL model"
+    what = "language model" if item.kind == "llm" else "image model"
     if isinstance(error, OfflineModeIsEnabled | LocalEntryNotFoundError):
         return (
             f"cannot download the {what} {item.model}: this machine is offline (HF_HUB_OFFLINE is set, or "
@@ -109,6 +115,8 @@ def _failure(item: Fetch, error: Exception) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bot.firststart import is_hub_id
+
     config = None
     if args.config is not None or Path("config.toml").is_file():
         from bot.commands.chat import load
@@ -118,6 +126,17 @@ def run(args: argparse.Namespace) -> int:
     for item in plan(args, config):
         if Path(item.model).expanduser().is_dir():
             print(f"{item.kind}: {item.model} is a local folder; nothing to download")
+            if item.kind == "render":
+                print(f"render: {item.model} is a {_family(item.model)} model")
+            continue
+        if not is_hub_id(item.model):  # a path that is not there: the hub cannot help
+            flag = "--llm-model" if item.kind == "llm" else "--render-model"
+            print(
+                f"error: {item.model} is neither a folder on this machine nor a hub id (owner/name): "
+                f"fix {item.kind}.model in the config, or pass {flag} ID",
+                file=sys.stderr,
+            )
+            failed += 1
             continue
         print(f"{item.kind}: fetching {item.model}", flush=True)
         try:
@@ -127,4 +146,16 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             continue
         print(f"{item.kind}: {item.model} is in {path}")
+        if item.kind == "render":
+            print(f"render: {item.model} is a {_family(path)} model")
     return 1 if failed else 0
+
+
+def _family(folder: str) -> str:
+    """The renderer family `[render] family = "auto"` will pick for this folder, or why none."""
+    from omost_engine.render.factory import UnknownModelFamily, detect_family
+
+    try:
+        return detect_family(folder)
+    except UnknownModelFamily as e:
+        return f"model this bot cannot draw with ({e})"

@@ -53,12 +53,25 @@ class Generation:
     def __init__(self, pieces: Iterator[str], stats: GenerationStats) -> None:
         self._pieces = pieces
         self.stats = stats
-        self.text = ""
+        # Pieces are kept and joined when asked: `text += piece` copies the whole answer on
+        # every piece (quadratic in its length: an 11 MB runaway answer took minutes).
+        self._parts: list[str] = []
+        self._joined = 0  # how many parts `_text` already holds
+        self._text = ""
+
+    @property
+    def text(self) -> str:
+        """Everything streamed so far (joined when read: read it at the end, not per piece)."""
+        if self._joined < len(self._parts):
+            self._text = "".join(self._parts)
+            self._parts[:] = [self._text]
+            self._joined = 1
+        return self._text
 
     def __iter__(self) -> Iterator[str]:
         try:
             for piece in self._pieces:
-                self.text += piece
+                self._parts.append(piece)
                 yield piece
         finally:
             # A consumer that stops early closes this iterator; pass that on so the backend

@@ -5,11 +5,24 @@ events `data: {json}` whose choices[0].delta.content are the text pieces, ended 
 Also owns timeouts, retries and the errors a chat user sees:
 
     connection refused / reset before any text   retried (`retries` times, with backoff)
-    HTTP 401/403                                 BackendError: the API key (names the env var)
+    HTTP 401/403                                 BackendError: the API key (detail: the env var)
     HTTP 404                                     BackendError: the server does not know the model
     HTTP 429                                     retried after Retry-After when short, else BackendError
     HTTP 5xx                                     retried before any text, else BackendError
     stream ends without [DONE] or finish_reason  BackendError: dropped mid-answer (never truncated text)
+    no complete line for idle_timeout_s          BackendError: the server stopped sending
+    total_timeout_s since the first attempt      BackendError: the answer took too long
+    answer past canvas_code.MAX_INPUT_CHARS      BackendError: stopped at once (the parser reads no more)
+    an event that is not a chat-completion chunk BackendError: not a chat completion (odd JSON types)
+
+Reading is bounded (bounded_stream.py): the HTTP I/O runs on a helper thread, so cancel and
+both timeouts end a read within a fraction of a second even while a server trickles bytes with
+no newline or stalls mid-answer; a lane is never held longer than those bounds. Text pieces are
+handed on as they come (the engine and `Generation` join them once).
+
+Errors: str(e) is the chat message, without the server's address, its body or the key; the
+detail (address, status, the server's words, the env var to check), redacted of the key and
+any bearer token, is `e.detail`, logged once here at WARNING when the request finally fails.
 
 The API key is read from the environment variable named in the config, never from the config.
 Runs on an engine lane thread (synchronous httpx); it knows nothing of chats, torch or GPUs.
@@ -34,20 +47,30 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import httpx
 
+from omost_engine.canvas_code import MAX_INPUT_CHARS
 from omost_engine.errors import BackendError, Interrupted
 from omost_engine.llm.base import ChatMessage, Generation, GenerationParams, GenerationStats
+from omost_engine.llm.bounded_stream import BoundedStream, StreamBounds, StreamTimeout, StreamTooLarge
 from omost_engine.llm.context import with_system_prompt
 
 log = logging.getLogger(__name__)
 
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
+_ERROR_BODY_BYTES = 4096  # of an error response: enough for its message, never a whole page
+_MAX_STREAM_BYTES = 64 * MAX_INPUT_CHARS  # events carry JSON around each piece: ~30-60x the text
+_BEARER = re.compile(r"(Bearer\s+)[^\s\"',;]+", re.IGNORECASE)
+_TOO_MUCH = (
+    "The language model's answer ran past the longest canvas the bot reads without finishing, "
+    "so it was stopped. Try again, perhaps with a simpler request."
+)
 
 Server = Literal["auto", "vllm", "sglang", "llama.cpp", "tgi", "ollama", "generic"]
 SERVERS: tuple[str, ...] = ("auto", "vllm", "sglang", "llama.cpp", "tgi", "ollama", "generic")
@@ -119,6 +142,8 @@ class OpenAIBackend:
         api_key_env: str | None = None,
         timeout: float = 120.0,
         connect_timeout: float = 10.0,
+        idle_timeout_s: float = 60.0,
+        total_timeout_s: float = 600.0,
         retries: int = 2,
         retry_backoff: float = 0.5,
         max_retry_wait: float = 10.0,
@@ -144,6 +169,11 @@ class OpenAIBackend:
         self.max_retry_wait = max_retry_wait
         self.include_usage = include_usage
         self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        if not (idle_timeout_s > 0 and total_timeout_s > 0):
+            raise ValueError("idle_timeout_s and total_timeout_s must be positive")
+        self.idle_timeout_s = idle_timeout_s
+        self.total_timeout_s = total_timeout_s
         self._api_key: str | None = None
         if api_key_env:
             self._api_key = os.environ.get(api_key_env)
@@ -190,23 +220,27 @@ class OpenAIBackend:
         )
 
     def _grammar_refused(
-        self, response: httpx.Response, body: dict[str, Any], stats: GenerationStats
+        self, status: int, raw: bytes, body: dict[str, Any], stats: GenerationStats
     ) -> bool:
         """A 400/422 to a request carrying the grammar: report it once, drop the field, go on."""
         sent = [k for k in _GRAMMAR_KEYS if k in body]
-        if response.status_code not in (400, 422) or not sent or not self.enforces_grammar:
+        if status not in (400, 422) or not sent or not self.enforces_grammar:
             return False
         self._grammar_rejected = True
         for key in sent:
             del body[key]
-        detail = _message(_json_or_text(response))
-        note = (
-            f"The language model server at {self.base_url} ({self.server}) refused the Canvas grammar "
-            f"(HTTP {response.status_code}: {detail}); answers are no longer constrained, and one that "
-            "does not parse gets a repair turn."
+        log.warning(
+            "%s",
+            self._redact(
+                f"{self.base_url} ({self.server}) refused the Canvas grammar in {', '.join(sent)} "
+                f"(HTTP {status}: {_message(_json_or_text(raw))}); sending answers unconstrained"
+            ),
         )
-        log.warning("%s", note)
-        stats.notes.append(note)
+        # The user's note names no URL or server text (issue 13's rule for what users see).
+        stats.notes.append(
+            f"The language model server ({self.server}) refused the Canvas grammar (HTTP {status}); "
+            "answers are no longer constrained, and one that does not parse gets a repair turn."
+        )
         return True
 
     # --- protocol ------------------------------------------------------------------------
@@ -256,65 +290,131 @@ class OpenAIBackend:
         if cancel.wait(seconds):
             raise Interrupted()
 
+    def _bounds(self) -> StreamBounds:
+        # One event is one line; JSON escapes can make a character six bytes (\uXXXX).
+        return StreamBounds(
+            idle_s=self.idle_timeout_s,
+            total_s=self.total_timeout_s,
+            max_line_bytes=6 * MAX_INPUT_CHARS + 64 * 1024,
+            max_bytes=_MAX_STREAM_BYTES,
+        )
+
     def _stream(self, body: dict[str, Any], stats: GenerationStats, cancel: threading.Event) -> Iterator[str]:
+        try:
+            yield from self._attempts(body, stats, cancel)
+        except BackendError as e:
+            log.warning("language model request failed: %s", self._redact(e.detail))
+            raise
+
+    def _attempts(
+        self, body: dict[str, Any], stats: GenerationStats, cancel: threading.Event
+    ) -> Iterator[str]:
+        """POST with retries (before any text); every wait bounded by the stream bounds."""
         url = f"{self.base_url}/chat/completions"
         started = time.perf_counter()
+        deadline = time.monotonic() + self.total_timeout_s  # shared by every attempt
         received = [0]  # characters of answer text seen so far (shared with _read_events)
         attempt = 0
+        # The helper thread's own read timeout: just past the idle bound, so the caller's check
+        # (with its clearer message) fires first and an abandoned helper still ends soon after.
+        timeout = httpx.Timeout(self.timeout, connect=self.connect_timeout, read=self.idle_timeout_s + 1.0)
         while True:
             if cancel.is_set():
                 raise Interrupted()
+            request = self._client.build_request(
+                "POST", url, json=body, headers=self._headers(), timeout=timeout
+            )
             try:
-                with self._client.stream("POST", url, json=body, headers=self._headers()) as response:
+                with BoundedStream(self._client, request, cancel, self._bounds(), deadline) as stream:
+                    response = stream.head()
                     if response.status_code != 200:
-                        response.read()
-                        if self._grammar_refused(response, body, stats):
+                        raw = stream.body(_ERROR_BODY_BYTES)
+                        if self._grammar_refused(response.status_code, raw, body, stats):
                             continue  # sent again at once without the grammar field
-                        error, wait = self._http_error(response)
+                        error, wait = self._http_error(response, raw)
                         if wait is not None and attempt < self.retries:
                             attempt += 1
                             self._wait(wait if wait > 0 else self.retry_backoff * 2 ** (attempt - 1), cancel)
                             continue
                         raise error
-                    yield from self._read_events(response, stats, cancel, received, started)
+                    yield from self._read_events(stream.lines(), stats, cancel, received, started)
                     return
-            except httpx.TimeoutException as e:
-                if received[0]:
-                    raise BackendError(
-                        f"The language model server at {self.base_url} stopped sending for more than "
-                        f"{self.timeout:g} s after {received[0]} characters of the answer.",
-                        retryable=True,
-                    ) from e
-                if isinstance(e, httpx.ConnectTimeout) and attempt < self.retries:
+            except StreamTimeout as e:
+                raise self._timed_out(e, received[0]) from e
+            except StreamTooLarge as e:
+                raise self._error(_TOO_MUCH, f"the stream was stopped: {e}") from e
+            except httpx.TimeoutException as e:  # connect or read timeout inside the helper thread
+                if isinstance(e, httpx.ConnectTimeout) and not received[0] and attempt < self.retries:
                     attempt += 1
                     self._wait(self.retry_backoff * 2 ** (attempt - 1), cancel)
                     continue
-                raise BackendError(
-                    f"The language model server at {self.base_url} did not answer within {self.timeout:g} s.",
-                    retryable=True,
-                ) from e
+                raise self._timed_out(StreamTimeout("idle", self.idle_timeout_s), received[0]) from e
             except httpx.TransportError as e:  # refused, reset, closed mid-body
                 if received[0]:
-                    raise self._dropped(received[0]) from e
+                    raise self._dropped(received[0], f"{type(e).__name__}: {e}") from e
                 if attempt < self.retries:
                     attempt += 1
                     self._wait(self.retry_backoff * 2 ** (attempt - 1), cancel)
                     continue
-                raise BackendError(
-                    f"Cannot reach the language model server at {self.base_url} ({type(e).__name__}: {e}).",
+                raise self._error(
+                    "The language model server cannot be reached right now; try again in a minute.",
+                    f"cannot reach {self.base_url} ({type(e).__name__}: {e})",
                     retryable=True,
                 ) from e
 
-    def _dropped(self, chars: int) -> BackendError:
-        return BackendError(
-            f"The language model server at {self.base_url} closed the stream after {chars} characters, "
-            "before the answer was complete.",
+    # --- errors: a short message for the chat, the detail (with addresses and bodies) for the log
+
+    def _error(
+        self, message: str, detail: str, status: int | None = None, *, retryable: bool = False
+    ) -> BackendError:
+        return BackendError(message, status, retryable, detail=self._redact(f"{self.name}: {detail}"))
+
+    def _redact(self, text: str) -> str:
+        """The API key and any bearer token out of text a server may have echoed."""
+        if self._api_key:
+            text = text.replace(self._api_key, "[redacted]")
+        return _BEARER.sub(r"\1[redacted]", text)
+
+    def _timed_out(self, e: StreamTimeout, chars: int) -> BackendError:
+        if e.kind == "total":
+            return self._error(
+                f"The language model took longer than the {self.total_timeout_s:g}-second limit to "
+                "write its answer, so it was stopped. Try again, perhaps with a simpler request.",
+                f"{self.base_url}: total time {self.total_timeout_s:g} s ran out after {chars} characters",
+                retryable=True,
+            )
+        if chars:
+            return self._error(
+                f"The language model server stopped sending for more than {self.idle_timeout_s:g} s "
+                "in the middle of the answer, so it was stopped. Try again in a minute.",
+                f"{self.base_url}: no complete line for {e.waited_s:.1f} s after {chars} characters",
+                retryable=True,
+            )
+        return self._error(
+            f"The language model server did not answer within {self.idle_timeout_s:g} s. "
+            "Try again in a minute.",
+            f"{self.base_url}: nothing for {e.waited_s:.1f} s before the answer began",
             retryable=True,
+        )
+
+    def _dropped(self, chars: int, why: str = "the body ended") -> BackendError:
+        return self._error(
+            "The language model server closed the stream before the answer was complete. "
+            "Try again in a minute.",
+            f"{self.base_url} closed the stream after {chars} characters ({why})",
+            retryable=True,
+        )
+
+    def _unreadable(self, what: str, sample: str) -> BackendError:
+        return self._error(
+            "The language model server sent something that is not a chat completion, so the answer "
+            "could not be read. The operator can find the details in the log.",
+            f"{self.base_url} sent {what}: {sample[:200]!r}",
         )
 
     def _read_events(
         self,
-        response: httpx.Response,
+        lines: Iterator[str],
         stats: GenerationStats,
         cancel: threading.Event,
         received: list[int],
@@ -322,7 +422,7 @@ class OpenAIBackend:
     ) -> Iterator[str]:
         finished: str | None = None
         chunks = 0
-        for line in response.iter_lines():
+        for line in lines:
             if cancel.is_set():
                 raise Interrupted()
             if not line.startswith("data:"):
@@ -333,29 +433,31 @@ class OpenAIBackend:
             try:
                 event = json.loads(data)
             except json.JSONDecodeError as e:
-                raise BackendError(
-                    f"The language model server at {self.base_url} sent an event that is not JSON: "
-                    f"{data[:120]!r}"
-                ) from e
+                raise self._unreadable("an event that is not JSON", data) from e
+            if not isinstance(event, dict):
+                raise self._unreadable("an event that is not a JSON object", data)
             if "error" in event:
-                raise BackendError(
-                    f"The language model server at {self.base_url} failed mid-answer: {_message(event)}",
+                raise self._error(
+                    "The language model server failed in the middle of the answer. Try again in a minute.",
+                    f"{self.base_url} failed mid-answer: {_message(event)}",
                     retryable=True,
                 )
             usage = event.get("usage")
-            if usage:
-                stats.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-                stats.new_tokens = int(usage.get("completion_tokens") or chunks)
-            for choice in event.get("choices") or []:
-                piece = (choice.get("delta") or {}).get("content")
+            if isinstance(usage, dict) and usage:
+                stats.prompt_tokens = _count(usage.get("prompt_tokens"))
+                stats.new_tokens = _count(usage.get("completion_tokens")) or chunks
+            for piece, finish in _pieces(event, data, self._unreadable):
                 if piece:
+                    if received[0] + len(piece) > MAX_INPUT_CHARS:
+                        # The parser reads no more than this; every further byte is wasted time.
+                        raise self._error(_TOO_MUCH, f"the answer passed {MAX_INPUT_CHARS:,} characters")
                     chunks += 1
                     received[0] += len(piece)
                     if not usage:
                         stats.new_tokens = chunks  # servers stream about one token per event
                     stats.seconds = time.perf_counter() - started
                     yield piece
-                finished = choice.get("finish_reason") or finished
+                finished = finish or finished
         else:
             if finished is None:  # the body ended without [DONE] or a finish_reason
                 raise self._dropped(received[0])
@@ -363,49 +465,82 @@ class OpenAIBackend:
         if finished == "length":
             stats.notes.append(f"The answer stopped at the {stats.new_tokens}-token limit.")
 
-    def _http_error(self, response: httpx.Response) -> tuple[BackendError, float | None]:
+    def _http_error(self, response: httpx.Response, raw: bytes) -> tuple[BackendError, float | None]:
         """The error for a non-200 answer, and how long to wait before a retry (None: do not)."""
         status = response.status_code
-        detail = _message(_json_or_text(response))
-        where = f"The language model server at {self.base_url}"
+        detail = f"{self.base_url} answered HTTP {status}: {_message(_json_or_text(raw))}"
         if status in (401, 403):
             fix = (
-                f"Check the key in the environment variable {self.api_key_env}."
+                f"check the key in the environment variable {self.api_key_env}"
                 if self.api_key_env
-                else "It needs an API key: name the environment variable that holds it (api_key_env) "
-                "in the config."
+                else "it needs an API key: name the environment variable that holds it (api_key_env)"
             )
-            return BackendError(f"{where} refused the API key (HTTP {status}: {detail}). {fix}", status), None
+            message = (
+                "The language model server refused the bot's API key, so nothing could be written. "
+                "The operator needs to check the key."
+            )
+            return self._error(message, f"{detail}; {fix}", status), None
         if status == 404:
-            return (
-                BackendError(
-                    f"{where} does not know the model {self.model!r} (HTTP 404: {detail}). Check the model "
-                    "name in the config, and that the base URL ends in /v1.",
-                    status,
-                ),
-                None,
+            message = (
+                "The language model server does not know the model the bot is set up to use. "
+                "The operator needs to check the model name."
             )
+            return self._error(
+                message, f"{detail}; model {self.model!r}, base URL should end in /v1", status
+            ), None
         if status == 429:
             after = _retry_after(response)
-            when = f" try again in {after:g} s" if after is not None else " try again later"
-            error = BackendError(
-                f"{where} is rate-limiting requests (HTTP 429:{when}).", status, retryable=True
+            when = f"try again in {after:g} s" if after is not None else "try again later"
+            error = self._error(
+                f"The language model server is rate-limiting requests: {when}.",
+                detail,
+                status,
+                retryable=True,
             )
             wait = after if after is not None and after <= self.max_retry_wait else None
             if after is None:
                 wait = 0.0  # no hint: back off exponentially
             return error, wait
         if status >= 500:
-            error = BackendError(f"{where} failed (HTTP {status}: {detail}).", status, retryable=True)
+            error = self._error(
+                f"The language model server failed (HTTP {status}). Try again in a minute.",
+                detail,
+                status,
+                retryable=True,
+            )
             return error, (0.0 if status in _RETRY_STATUSES else None)
-        return BackendError(f"{where} rejected the request (HTTP {status}: {detail}).", status), None
+        message = f"The language model server rejected the request (HTTP {status})."
+        return self._error(message, detail, status), None
 
 
-def _json_or_text(response: httpx.Response) -> Any:
+def _json_or_text(raw: bytes) -> Any:
     try:
-        return response.json()
+        return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return response.text[:200]
+        return raw[:200].decode("utf-8", "replace")
+
+
+def _count(value: Any) -> int:
+    """A token count from a usage object; anything odd counts as 0."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
+def _pieces(
+    event: dict[str, Any], data: str, unreadable: Callable[[str, str], BackendError]
+) -> Iterator[tuple[str, str | None]]:
+    """(text piece, finish_reason) of each choice, checking the types a server could get wrong."""
+    choices = event.get("choices") or []
+    if not isinstance(choices, list):
+        raise unreadable("choices that are not a list", data)
+    for choice in choices:
+        if not isinstance(choice, dict):
+            raise unreadable("a choice that is not an object", data)
+        delta = choice.get("delta") or {}
+        piece = delta.get("content") if isinstance(delta, dict) else None
+        finish = choice.get("finish_reason")
+        if not isinstance(piece, str | None) or not isinstance(finish, str | None):
+            raise unreadable("a choice of the wrong shape", data)
+        yield piece or "", finish
 
 
 def _message(payload: Any) -> str:

@@ -37,6 +37,8 @@ class RenderParams:
 
 SIZE_MULTIPLE = 64
 MIN_SIZE, MAX_SIZE = 64, 2048
+MAX_STEPS = 150
+CFG_RANGE = (0.0, 30.0)
 HIRES_SCALE_RANGE = (1.0, 2.0)
 HIRES_MIN_SCALE = 1.05
 """SPEC 6: the high-resolution fix runs when the scale is above this."""
@@ -54,10 +56,11 @@ def check_params(params: RenderParams) -> None:
             raise InvalidRenderParams(
                 f"{name} must be a multiple of {SIZE_MULTIPLE} between {MIN_SIZE} and {MAX_SIZE}; got {value}"
             )
-    if not 1 <= params.steps <= 150:
-        raise InvalidRenderParams(f"steps must be between 1 and 150; got {params.steps}")
-    if not 0.0 <= params.cfg <= 30.0:
-        raise InvalidRenderParams(f"cfg must be between 0 and 30; got {params.cfg}")
+    if not 1 <= params.steps <= MAX_STEPS:
+        raise InvalidRenderParams(f"steps must be between 1 and {MAX_STEPS}; got {params.steps}")
+    if not CFG_RANGE[0] <= params.cfg <= CFG_RANGE[1]:
+        low, high = CFG_RANGE
+        raise InvalidRenderParams(f"cfg must be between {low:g} and {high:g}; got {params.cfg}")
     if not 0 <= params.seed < 2**63:
         raise InvalidRenderParams(f"seed must be between 0 and 2^63 - 1; got {params.seed}")
     low, high = HIRES_SCALE_RANGE

@@ -26,10 +26,14 @@ class FakeAdapter:
     def __init__(self, platform: str = "fake", min_edit_interval: float = 0.0) -> None:
         self.platform = platform
         self.min_edit_interval = min_edit_interval
+        self.answers: list[str | None] = []  # what each button press told the presser privately
         self.sent: list[Sent] = []
         self.handler: Handler | None = None
         self.edit_fails: set[str] = set()
         self._ids = itertools.count(1000)
+
+    def edit_interval(self, chat: str) -> float:
+        return self.min_edit_interval
 
     async def start(self, handler: Handler) -> None:
         self.handler = handler
@@ -51,9 +55,6 @@ class FakeAdapter:
                 sent.edits.append(post)
                 return ref
         raise KeyError(f"edit of a message never sent: {ref}")
-
-    async def delete(self, ref: MessageRef) -> None:
-        self.sent = [s for s in self.sent if s.ref != ref]
 
     # --- driving the bot, as a user would ------------------------------------------------------
 
@@ -83,9 +84,12 @@ class FakeAdapter:
         await self.handler.on_message(self, message)
         return message
 
-    async def press(self, action: str, turn_id: int, *, user: str = "alice", chat: str = "c1") -> None:
+    async def press(self, action: str, turn_id: int, *, user: str = "alice", chat: str = "c1") -> str | None:
+        """Press a button as `user`; returns the private answer the presser was shown."""
         assert self.handler is not None
-        await self.handler.on_button(self, ButtonPress(self.platform, chat, user, action, turn_id))
+        answer = await self.handler.on_button(self, ButtonPress(self.platform, chat, user, action, turn_id))
+        self.answers.append(answer)
+        return answer
 
     def posts(self, role: str) -> list[Sent]:
         return [s for s in self.sent if s.post.role == role]

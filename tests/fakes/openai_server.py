@@ -15,6 +15,18 @@ Fault injection: `server.faults` is a queue of fault names, one consumed per req
     "slow"   waits `slow_seconds` before every event
     "error_event"  sends an error event in the middle of the stream (vLLM does this)
 
+Hostile servers (a broken or malicious dependency; each keeps going until the client hangs up
+or the server is stopped):
+
+    "trickle"     one token, then one byte every `trickle_seconds`, never a newline
+    "stall"       one token, then nothing (the connection stays open)
+    "keepalive"   one token, then an SSE comment line every `trickle_seconds`, never an answer
+    "runaway"     an answer that never ends, as fast as the client reads it
+    "401_echo"    401 whose error body echoes the request's Authorization header (a proxy's habit)
+    "odd_event"   one token, then `data: <odd_event>` verbatim (JSON of the wrong shape), then [DONE]
+
+`server.sent_chars` counts the answer characters streamed by "runaway".
+
 Requests are recorded (`server.requests`: headers and JSON bodies) so tests can check what a
 client sent. `replies` (a queue) gives the next answers, one per request, before `reply`.
 
@@ -68,6 +80,9 @@ class FakeOpenAIServer:
     retry_after: str = "1"
     slow_seconds: float = 0.3
     faults: deque[str] = field(default_factory=deque)
+    trickle_seconds: float = 2.0
+    sent_chars: int = 0
+    odd_event: str = "[1, 2]"
     requests: list[RecordedRequest] = field(default_factory=list)
     replies: deque[str] = field(default_factory=deque)
     dialect: str = "generic"
@@ -77,6 +92,7 @@ class FakeOpenAIServer:
     def __post_init__(self) -> None:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self.closing = threading.Event()  # ends the hostile handlers' endless loops
 
     @property
     def base_url(self) -> str:
@@ -98,6 +114,7 @@ class FakeOpenAIServer:
 
     def __exit__(self, *_: object) -> None:
         assert self._httpd is not None and self._thread is not None
+        self.closing.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join()
@@ -148,6 +165,9 @@ class _Handler(BaseHTTPRequestHandler):
         fake.requests.append(RecordedRequest(self.path, dict(self.headers.items()), body))
         fault = fake.faults.popleft() if fake.faults else ""
 
+        if fault in _HOSTILE:
+            _HOSTILE[fault](self, body)
+            return
         if fault == "reset":
             self.close_connection = True
             self.connection.close()
@@ -240,6 +260,84 @@ class _Handler(BaseHTTPRequestHandler):
             send({**base, "choices": [], "usage": {"prompt_tokens": 42, "completion_tokens": len(sent)}})
         send("[DONE]")
         self._chunk(b"")
+
+
+# --- hostile servers ----------------------------------------------------------------------------
+
+
+def _first_token(handler: _Handler, body: dict[str, Any]) -> None:
+    """Response head and one real token, as a healthy server starts."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Transfer-Encoding", "chunked")
+    handler.end_headers()
+    delta = {"role": "assistant", "content": handler.fake.pieces()[0]}
+    choice = {"index": 0, "delta": delta, "finish_reason": None}
+    handler._event({"id": "chatcmpl-fake", "model": body.get("model"), "choices": [choice]})
+
+
+def _until_closed(handler: _Handler, send: bytes, every: float) -> None:
+    """Send `send` every `every` seconds until the client hangs up or the server stops."""
+    try:
+        while not handler.fake.closing.wait(every):
+            handler._chunk(send)
+    except OSError:
+        pass  # the client gave up: what the test is waiting for
+    handler.close_connection = True
+
+
+def _trickle(handler: _Handler, body: dict[str, Any]) -> None:
+    _first_token(handler, body)
+    _until_closed(handler, b"d", handler.fake.trickle_seconds)  # "data: ..." one byte at a time
+
+
+def _stall(handler: _Handler, body: dict[str, Any]) -> None:
+    _first_token(handler, body)
+    handler.fake.closing.wait()
+    handler.close_connection = True
+
+
+def _keepalive(handler: _Handler, body: dict[str, Any]) -> None:
+    _first_token(handler, body)
+    _until_closed(handler, b": keep-alive\n\n", handler.fake.trickle_seconds)
+
+
+def _runaway(handler: _Handler, body: dict[str, Any]) -> None:
+    _first_token(handler, body)
+    fake = handler.fake
+    piece = ("la " * fake.piece_chars)[: fake.piece_chars]
+    choice = {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+    event = json.dumps({"id": "chatcmpl-fake", "model": body.get("model"), "choices": [choice]})
+    frame = f"data: {event}\n\n".encode()
+    try:
+        while not fake.closing.is_set():
+            handler._chunk(frame)
+            fake.sent_chars += len(piece)
+    except OSError:
+        pass
+    handler.close_connection = True
+
+
+def _401_echo(handler: _Handler, body: dict[str, Any]) -> None:
+    echoed = handler.headers.get("Authorization", "")
+    handler._error(401, f"Invalid credentials in header 'Authorization: {echoed}'", "invalid_request_error")
+
+
+def _odd_event(handler: _Handler, body: dict[str, Any]) -> None:
+    _first_token(handler, body)
+    handler._event(handler.fake.odd_event)
+    handler._event("[DONE]")
+    handler._chunk(b"")
+
+
+_HOSTILE = {
+    "odd_event": _odd_event,
+    "trickle": _trickle,
+    "stall": _stall,
+    "keepalive": _keepalive,
+    "runaway": _runaway,
+    "401_echo": _401_echo,
+}
 
 
 # --- dialects --------------------------------------------------------------------------------

@@ -1,0 +1,347 @@
+"""Where a turn starts: the bot's `Handler` for every adapter.
+
+`on_message` checks the policy, routes chat commands (/help /new /cancel /undo /settings and its
+short forms) and turns a request into a stored turn that the runner starts. `on_button` does the
+same for a pressed button (Cancel, Retry, Rewrite, New seed, Higher resolution): every press is
+checked against the platform and chat the turn lives in and against the presser, and a re-run
+runs as the presser, under the presser's cap and rate limit.
+
+Every refusal is a `UserError`, turned into a reply in exactly one place each: `on_message`
+replies in the chat, `on_button` answers the presser privately.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from adapters.base import Adapter, ButtonPress, Incoming, Post
+from bot.policy import EMPTY_REQUEST_MESSAGE, Policy, is_blank
+from bot.store import Conversation, LinkRole, Store, Turn, TurnKind, TurnStatus
+from bot.turns.errors import UserError
+from bot.turns.live import owner_key
+from bot.turns.requests import PictureOfOurs, Resolver, canvas_source, chat_key
+from bot.turns.results import canvas_of
+from bot.turns.runner import TurnRunner
+from bot.turns.settings import SettingsBook, TurnSettings, parse_changes, settings_from_render_params
+from omost_engine.canvas import Canvas, CanvasError
+from omost_engine.canvas_code import parse
+
+log = logging.getLogger(__name__)
+
+HELP_TEXT = """\
+Describe a picture and I'll compose it the Omost way: a language model writes a canvas (a scene \
+description and regions), then it is drawn.
+• Reply to any of my messages to change that picture ("make it night", "add a cat").
+• Send canvas code (a ```python block or a .py file) to draw it directly,
+  or one of my PNGs to continue from it.
+• Commands: /new (start fresh), /cancel, /undo, /settings, /help.
+Buttons: New seed, Rewrite (the model tries again), Higher resolution, Cancel (while it runs)."""
+
+SETTINGS_HINT = ". Change with e.g. /settings size=1024x1024 steps=30 seed=random hires=1.5 png=on"
+SETTING_COMMANDS = {"settings": "", "seed": "seed", "size": "size", "steps": "steps", "hires": "hires"}
+HIRES_BUTTON_SCALE = 1.5
+NOT_YOURS = "Only the person who asked for this picture (or an admin) can cancel it."
+
+
+class ChatHandler:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        runner: TurnRunner,
+        policy: Policy,
+        book: SettingsBook,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.store = store
+        self.runner = runner
+        self.policy = policy
+        self.book = book
+        self.resolver = Resolver(store, book)
+        self._rng = rng or random.SystemRandom()
+
+    def attach(self, adapter: Adapter) -> None:
+        self.runner.adapters[adapter.platform] = adapter
+
+    def new_seed(self) -> int:
+        return self._rng.randrange(2**31)
+
+    # --- messages ------------------------------------------------------------------------------
+
+    async def on_message(self, adapter: Adapter, message: Incoming) -> None:
+        self.attach(adapter)
+        try:
+            reply = await self._route(adapter, message)
+        except UserError as e:
+            reply = e.reply
+        if reply is None:
+            return
+        post = reply if isinstance(reply, Post) else Post(text=reply)
+        post = Post(
+            text=post.text,
+            settings_keyboard=post.settings_keyboard,
+            reply_to=message.message_id or None,
+            in_place=message.answer_in_place,
+        )
+        try:
+            await adapter.send(message.chat, message.thread, post)
+        except Exception:
+            log.exception("could not reply in %s/%s", message.platform, message.chat)
+
+    async def _route(self, adapter: Adapter, message: Incoming) -> Post | str | None:
+        access = self.policy.check_access(
+            message.platform,
+            message.user,
+            message.chat,
+            places=(message.thread, message.guild),
+            roles=message.roles,
+        )
+        if not access.allowed:
+            raise UserError(access.message)
+        command = (message.command or "").lower()
+        if command in ("help", "start"):
+            return HELP_TEXT
+        if command == "new":
+            await self.store.new_conversation(message.platform, message.chat, message.thread)
+            return "Started a new conversation. Describe a picture."
+        if command == "cancel":
+            return self._cancel_latest(owner_key(message.platform, message.user))
+        if command == "undo":
+            return await self.resolver.undo(message)
+        if command in SETTING_COMMANDS:
+            return await self._settings(message, SETTING_COMMANDS[command])
+        if command not in ("", "omost"):
+            raise UserError(f"I don't know /{command}. Try /help.")
+        return await self._request(adapter, message)
+
+    def _cancel_latest(self, owner: str) -> str:
+        turn_id = self.runner.latest_of(owner)
+        if turn_id is None:
+            return "You have nothing queued or running."
+        self.runner.cancel(turn_id)
+        return f"Cancelling turn {turn_id}."
+
+    async def _settings(self, message: Incoming, key: str) -> Post:
+        """/settings key=value ...; /seed N|random; /size WxH; /steps N; /hires X; keyboard options."""
+        words = message.text.strip()
+        if key and words:
+            words = f"{key}={words}"
+        changes = parse_changes(words, message.options)
+        if changes:
+            await self.book.save("user", message.platform, message.user, changes)
+        current = await self.book.effective(message.platform, message.user, chat_key(message))
+        text = (
+            ("Saved. " if changes else "Your settings: ")
+            + current.summary()
+            + ("" if changes else SETTINGS_HINT)
+        )
+        return Post(text=text, settings_keyboard=True)
+
+    async def _request(self, adapter: Adapter, message: Incoming) -> str | None:
+        owner = owner_key(message.platform, message.user)
+        decision = self.policy.decide(
+            message.platform,
+            message.user,
+            message.chat,
+            message.text.strip(),
+            queued=self.runner.in_flight(owner),
+            places=(message.thread, message.guild),
+            roles=message.roles,
+        )
+        if not decision.allowed:
+            raise UserError(decision.message)
+        with self.runner.reserve(owner):  # taken with no await since the cap check
+            return await self._new_turn(adapter, message, owner)
+
+    async def _new_turn(self, adapter: Adapter, message: Incoming, owner: str) -> str | None:
+        text = message.text.strip()
+        conversation, parent = await self.resolver.parent(message)
+        source = await canvas_source(message)
+        code = source.code
+        if source.picture is not None:
+            parent = await self._picture_turn(message, conversation, parent, owner, source.picture)
+            if not text:
+                return "Got it: reply to this message (or just write) to change that picture."
+        canvas = self._checked_canvas(code) if code is not None else None
+        if canvas is None and is_blank(text):  # nothing left once invisible characters are gone
+            raise UserError(f"{EMPTY_REQUEST_MESSAGE[:-1]}, e.g. “a lighthouse in a storm”.")
+        settings = await self.book.effective(
+            message.platform, message.user, chat_key(message), message.options
+        )
+        seed = self._seed_for(settings, parent)
+        links = (
+            [(message.platform, message.chat, message.message_id, LinkRole.USER)]
+            if message.message_id
+            else []
+        )
+        turn = await self.store.create_turn(
+            conversation_id=conversation.id,
+            parent_id=parent.id if parent else None,
+            kind=TurnKind.USER_CANVAS if canvas is not None else TurnKind.COMPOSE,
+            owner=owner,
+            user_text=text,
+            canvas_code=code,
+            seed=seed,
+            params=settings.stored(),
+            links=links,
+        )
+        live = self.runner.live_turn(
+            adapter, turn, conversation, settings.merged({"seed": seed}), reply_to=message.message_id or None
+        )
+        self.runner.start(live, canvas_of(parent) if canvas is not None else None)
+        return None
+
+    def _seed_for(self, settings: TurnSettings, parent: Turn | None) -> int:
+        """The seed a user set (/seed N, an option) wins; an edit keeps its parent's seed, so only
+        what the user asked for changes (as Omost's app does); a new picture gets a random one."""
+        if settings.seed is not None:
+            return settings.seed
+        if parent is not None and parent.seed is not None:
+            return parent.seed
+        return self.new_seed()
+
+    def _checked_canvas(self, code: str) -> Canvas:
+        try:
+            canvas = parse(code)
+        except CanvasError as e:
+            raise UserError(f"That canvas code has a problem: {e}") from None
+        blocked = self.policy.check_canvas(canvas)
+        if not blocked.allowed:
+            raise UserError(blocked.message)
+        return canvas
+
+    async def _picture_turn(
+        self,
+        message: Incoming,
+        conversation: Conversation,
+        parent: Turn | None,
+        owner: str,
+        picture: PictureOfOurs,
+    ) -> Turn:
+        """A done turn holding one of our pictures the user sent back, to continue from."""
+        self._checked_canvas(picture.code)  # the same policy checks as the model's canvases
+        settings = settings_from_render_params(picture.params).clamped()
+        turn = await self.store.create_turn(
+            conversation_id=conversation.id,
+            parent_id=parent.id if parent else None,
+            kind=TurnKind.USER_CANVAS,
+            owner=owner,
+            user_text="(continued from an uploaded picture)",
+            canvas_code=picture.code,
+            seed=picture.params.seed,
+            params=settings.stored(),
+            status=TurnStatus.RUNNING,
+        )
+        path = self.store.new_image_path(turn.id)
+        path.write_bytes(picture.data)
+        return await self.store.update_turn(
+            turn.id,
+            status=TurnStatus.DONE,
+            image_path=path,
+            assistant_text=f"```python\n{picture.code}```",
+            links=[(message.platform, message.chat, message.message_id, LinkRole.IMAGE)],
+        )
+
+    # --- buttons -------------------------------------------------------------------------------
+
+    async def on_button(self, adapter: Adapter, press: ButtonPress) -> str | None:
+        self.attach(adapter)
+        try:
+            return await self._press(adapter, press)
+        except UserError as e:
+            return e.reply
+
+    async def _press(self, adapter: Adapter, press: ButtonPress) -> str | None:
+        found = await self.store.turn_in_conversation(press.turn_id)
+        if found is None or (found[1].platform, found[1].chat) != (press.platform, press.chat):
+            raise UserError("That picture is no longer available.")
+        turn, conversation = found
+        presser = owner_key(press.platform, press.user)
+        if press.action == "cancel":
+            return self._cancel_press(turn, presser, press)
+        decision = self.policy.decide(
+            press.platform,
+            press.user,
+            press.chat,
+            queued=self.runner.in_flight(presser),
+            places=(press.thread, press.guild),
+            roles=press.roles,
+        )
+        if not decision.allowed:
+            raise UserError(decision.message)
+        with self.runner.reserve(presser):
+            new = await self._rerun(turn, press.action, presser)
+            if new is None:
+                return None
+            settings = TurnSettings.from_turn(self.book.defaults, new.params, new.seed)
+            live = self.runner.live_turn(adapter, new, conversation, settings)
+            self.runner.start(live, canvas_of(turn) if new.kind == TurnKind.RENDER else None)
+        return None  # the chat shows the new turn's progress
+
+    def _cancel_press(self, turn: Turn, presser: str, press: ButtonPress) -> str:
+        is_admin = any(self.policy.is_admin(press.platform, who) for who in (press.user, *press.roles))
+        if presser != turn.owner and not is_admin:
+            return NOT_YOURS
+        if self.runner.cancel(turn.id):
+            return "Cancelling…"
+        return "That picture is not being made any more."
+
+    async def _rerun(self, turn: Turn, action: str, presser: str) -> Turn | None:
+        """The turn a re-run button starts: a new turn owned by the presser, or for a Retry of the
+        presser's own failed or cancelled turn, that turn back in the queue."""
+        if action == "retry":
+            return await self._retry(turn, presser)
+        if action == "rewrite":
+            return await self._rewrite(turn, presser)
+        if action in ("seed", "hires"):
+            if turn.canvas_code is None:
+                raise UserError("That turn has no canvas to draw yet.")
+            settings = TurnSettings.from_turn(self.book.defaults, turn.params, turn.seed)
+            seed = turn.seed
+            if action == "seed":
+                seed = self.new_seed()
+            else:
+                settings = settings.merged({"hires_scale": max(HIRES_BUTTON_SCALE, settings.hires_scale)})
+            return await self.store.create_turn(
+                conversation_id=turn.conversation_id,
+                parent_id=turn.id,
+                kind=TurnKind.RENDER,
+                owner=presser,
+                canvas_code=turn.canvas_code,
+                seed=seed,
+                params=settings.stored(),
+            )
+        raise UserError("That button is not one I know.")
+
+    async def _retry(self, turn: Turn, presser: str) -> Turn | None:
+        if turn.status not in (TurnStatus.FAILED, TurnStatus.CANCELLED):
+            raise UserError("That picture is already on its way.")  # pressed twice, or retried
+        if presser == turn.owner:
+            return await self.store.update_turn(turn.id, status=TurnStatus.QUEUED, error=None)
+        return await self.store.create_turn(  # someone else's turn: a copy of it, as theirs
+            conversation_id=turn.conversation_id,
+            parent_id=turn.parent_id,
+            kind=turn.kind,
+            owner=presser,
+            user_text=turn.user_text,
+            canvas_code=turn.canvas_code if turn.kind != TurnKind.COMPOSE else None,
+            seed=turn.seed,
+            params=turn.params,
+        )
+
+    async def _rewrite(self, turn: Turn, presser: str) -> Turn:
+        source = turn
+        while source.kind != TurnKind.COMPOSE and source.parent_id is not None:
+            source = await self.store.get_turn(source.parent_id)
+        if source.kind != TurnKind.COMPOSE:
+            raise UserError("There is no request to rewrite here.")
+        return await self.store.create_turn(
+            conversation_id=source.conversation_id,
+            parent_id=source.parent_id,
+            kind=TurnKind.COMPOSE,
+            owner=presser,
+            user_text=source.user_text,
+            seed=self.new_seed(),
+            params=turn.params,
+        )

@@ -1,0 +1,379 @@
+"""The turn runner: drives each turn through the engine, from queued to its result.
+
+    start(live)  ->  compose (unless the canvas is known)  ->  layout preview  ->  render  ->  result
+
+One task per turn. The runner owns the table of turns in flight (and so the per-user cap's
+count: `in_flight`, `reserve`), cancels a turn by its id (the engine's job tag, or the task while
+the turn waits for its parent), resumes turns a crash left queued or running (editing their
+status messages in place) and announces results that were stored but never posted.
+
+It knows the store, the engine and the port; the chat commands are the handler's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from adapters.base import Adapter, MessageRef
+from bot.config import LLMConfig
+from bot.policy import Policy
+from bot.store import Conversation, LinkRole, Store, Turn, TurnKind, TurnStatus
+from bot.turns import results
+from bot.turns.live import LiveTurn
+from bot.turns.settings import SettingsBook, TurnSettings, render_params
+from bot.turns.status import StatusMessage
+from omost_engine.canvas import Canvas, CanvasError
+from omost_engine.canvas_code import GlobalParsed, find_code
+from omost_engine.engine import Engine, JobHandle
+from omost_engine.errors import EngineError
+from omost_engine.jobs import (
+    Cancelled,
+    ComposeJob,
+    ComposeResult,
+    Failed,
+    FailureKind,
+    Finished,
+    PartParsed,
+    Queued,
+    RenderJob,
+    RenderResult,
+    Started,
+    Step,
+    TextDelta,
+)
+from omost_engine.llm.base import ChatMessage, GenerationParams
+
+log = logging.getLogger(__name__)
+
+WRITING = "writing the canvas…"
+CANCELLED_BY_USER = "cancelled by the user"
+SOMETHING_WENT_WRONG = "Something went wrong on my side; the bot's admin can find the details in the log."
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f", about {max(1, round(seconds))} s"
+    return f", about {round(seconds / 60)} min"
+
+
+@dataclass
+class _InFlight:
+    live: LiveTurn
+    task: asyncio.Task[None] | None = None
+    answered: asyncio.Event = field(default_factory=asyncio.Event)  # set once its canvas is known
+
+
+class TurnRunner:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        engine: Engine,
+        policy: Policy,
+        settings: SettingsBook,
+        llm: LLMConfig,
+        model_name: str,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.policy = policy
+        self.settings = settings
+        self.llm = llm
+        self.model_name = model_name
+        self.adapters: dict[str, Adapter] = {}
+        self._flight: dict[int, _InFlight] = {}
+        self._reserved: Counter[str] = Counter()
+
+    # --- the table of turns in flight ------------------------------------------------------------
+
+    def in_flight(self, owner: str) -> int:
+        """Turns of `owner` queued or running, plus requests reserved but not yet started."""
+        return self._reserved[owner] + sum(1 for f in self._flight.values() if f.live.turn.owner == owner)
+
+    @contextmanager
+    def reserve(self, owner: str) -> Iterator[None]:
+        """Hold one of `owner`'s slots while a request becomes a turn. Take it right after the cap
+        check, with no await between, so simultaneous requests cannot all pass the check."""
+        self._reserved[owner] += 1
+        try:
+            yield
+        finally:
+            self._reserved[owner] -= 1
+            if not self._reserved[owner]:
+                del self._reserved[owner]
+
+    def latest_of(self, owner: str) -> int | None:
+        mine = [turn_id for turn_id, f in self._flight.items() if f.live.turn.owner == owner]
+        return max(mine) if mine else None
+
+    def owner_of(self, turn_id: int) -> str | None:
+        flight = self._flight.get(turn_id)
+        return flight.live.turn.owner if flight is not None else None
+
+    def cancel(self, turn_id: int, reason: str = CANCELLED_BY_USER) -> bool:
+        """Cancel a turn in flight: its engine job (by tag), or its task while it has none."""
+        flight = self._flight.get(turn_id)
+        if flight is None:
+            return False
+        if not self.engine.cancel_tagged(str(turn_id), reason) and flight.task is not None:
+            flight.task.cancel()
+        return True
+
+    async def drain(self) -> None:
+        """Wait until every turn in flight has finished (the terminal chat's end of input)."""
+        while self._flight:
+            tasks = [f.task for f in self._flight.values() if f.task is not None]
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(self) -> None:
+        tasks = [f.task for f in self._flight.values() if f.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # --- starting --------------------------------------------------------------------------------
+
+    def live_turn(
+        self,
+        adapter: Adapter,
+        turn: Turn,
+        conversation: Conversation,
+        settings: TurnSettings,
+        *,
+        status: MessageRef | None = None,
+        reply_to: str | None = None,
+    ) -> LiveTurn:
+        message = StatusMessage(
+            adapter,
+            self.store,
+            turn.id,
+            conversation.chat,
+            conversation.thread,
+            ref=status,
+            reply_to=reply_to,
+        )
+        return LiveTurn(turn, conversation, adapter, self.store, message, settings)
+
+    def start(self, live: LiveTurn, parent_canvas: Canvas | None = None) -> None:
+        live.parent_canvas = parent_canvas
+        flight = self._flight[live.id] = _InFlight(live)
+        flight.task = asyncio.create_task(self._drive(flight))
+
+    async def resume_unfinished_turns(self) -> int:
+        """Turns a crash left queued or running are run again, editing their status messages in
+        place; results stored but never announced are announced. Returns how many."""
+        resumed = 0
+        for turn in await self.store.unfinished_turns():
+            live = await self._restore(turn)
+            if live is None:
+                continue
+            if turn.status == TurnStatus.RUNNING:
+                await live.save(status=TurnStatus.QUEUED)
+            parent = await self.store.find_turn(turn.parent_id) if turn.parent_id is not None else None
+            self.start(live, results.canvas_of(parent) if turn.kind == TurnKind.RENDER else None)
+            resumed += 1
+        for turn in await self.store.unannounced_turns():
+            live = await self._restore(turn)
+            canvas = results.canvas_of(turn)
+            if live is None or canvas is None:
+                continue
+            parent = await self.store.find_turn(turn.parent_id) if turn.parent_id is not None else None
+            live.parent_canvas = results.canvas_of(parent)
+            try:
+                await results.announce(live.adapter, self.store, live, canvas)
+                resumed += 1
+            except Exception:
+                log.exception("turn %s: could not announce its stored result", turn.id)
+        return resumed
+
+    async def _restore(self, turn: Turn) -> LiveTurn | None:
+        """A live turn for a stored one (after a restart), with its status message to edit."""
+        found = await self.store.turn_in_conversation(turn.id)
+        adapter = self.adapters.get(found[1].platform) if found else None
+        if found is None or adapter is None:
+            return None
+        conversation = found[1]
+        links = await self.store.messages_for_turn(turn.id, LinkRole.STATUS)
+        ref = (
+            MessageRef(conversation.platform, links[-1].chat, links[-1].message_id, conversation.thread)
+            if links
+            else None
+        )
+        settings = TurnSettings.from_turn(self.settings.defaults, turn.params, turn.seed)
+        return self.live_turn(adapter, turn, conversation, settings, status=ref)
+
+    # --- driving ---------------------------------------------------------------------------------
+
+    async def _drive(self, flight: _InFlight) -> None:
+        live = flight.live
+        try:
+            await live.show("queued…", now=True)
+            canvas = results.canvas_of(live.turn)
+            preview = live.turn.kind == TurnKind.USER_CANVAS  # a resumed turn showed it already
+            if canvas is None:
+                canvas = await self._compose(flight)
+                if canvas is None:
+                    return
+                preview = True
+            flight.answered.set()
+            if preview:
+                await results.post_layout_preview(live, canvas)
+            await self._render(live, canvas)
+        except asyncio.CancelledError:
+            await self._end_quietly(live, TurnStatus.CANCELLED, "Cancelled.")
+            raise
+        except Exception:  # the turn fails; the bot goes on (the detail is for the log only)
+            log.exception("turn %s failed", live.id)
+            await self._end_quietly(live, TurnStatus.FAILED, SOMETHING_WENT_WRONG)
+        finally:
+            flight.answered.set()  # a child waiting on a turn that ended without an answer goes on
+            self._flight.pop(live.id, None)
+
+    @staticmethod
+    async def _end_quietly(live: LiveTurn, state: TurnStatus, text: str) -> None:
+        try:
+            await live.end(state, text, retry=True)
+        except Exception:
+            log.exception("turn %s: could not record its end", live.id)
+
+    def _submit(self, job: ComposeJob | RenderJob) -> JobHandle:
+        return self.engine.submit(job)
+
+    async def _job_ended(self, live: LiveTurn, event: Failed | Cancelled) -> None:
+        if isinstance(event, Failed):
+            await live.end(TurnStatus.FAILED, event.message, retry=True)
+            if event.kind == FailureKind.MODEL_NOT_AVAILABLE and live.turn.canvas_code is not None:
+                # no renderer weights yet: the canvas is still worth having (the preview is posted)
+                await results.post_files(
+                    live, "the canvas, to draw once the weights are there.", (results.code_file(live.turn),)
+                )
+        else:
+            await live.end(TurnStatus.CANCELLED, f"Cancelled ({event.reason}).", retry=True)
+
+    # --- compose ---------------------------------------------------------------------------------
+
+    async def _history(self, flight: _InFlight) -> list[ChatMessage]:
+        """The chat so far (after the parent has answered, if it is still composing)."""
+        live = flight.live
+        messages: list[ChatMessage] = []
+        parent_id = live.turn.parent_id
+        if parent_id is not None:
+            parent = self._flight.get(parent_id)
+            if parent is not None:
+                await parent.answered.wait()
+            chain = await self.store.history(parent_id)
+            live.parent_canvas = results.canvas_of(chain[-1])
+            for earlier in chain:
+                if earlier.kind == TurnKind.RENDER or earlier.canvas_code is None:
+                    continue  # a re-render adds nothing for the model; a failed turn has no answer
+                user = earlier.user_text or "Draw this canvas."
+                answer = earlier.assistant_text or f"```python\n{earlier.canvas_code}```"
+                messages += [ChatMessage("user", user), ChatMessage("assistant", answer)]
+        messages.append(ChatMessage("user", live.turn.user_text))
+        return messages
+
+    async def _compose(self, flight: _InFlight) -> Canvas | None:
+        live = flight.live
+        job = ComposeJob(
+            owner=live.turn.owner,
+            messages=tuple(await self._history(flight)),
+            params=GenerationParams(
+                temperature=self.llm.temperature,
+                top_p=self.llm.top_p,
+                max_new_tokens=self.llm.max_new_tokens,
+                seed=live.turn.seed,
+            ),
+            tag=str(live.id),
+        )
+        try:
+            handle = self._submit(job)
+        except EngineError as e:
+            await live.end(TurnStatus.FAILED, str(e), retry=True)
+            return None
+        parts: list[str] = []
+        pieces: list[str] = []
+        async for event in handle.events():
+            if isinstance(event, Queued):
+                await live.show(f"queued #{event.position}{_eta(event.eta_s)}")
+            elif isinstance(event, Started):
+                parts, pieces = [], []  # attempt 2 (after running out of memory) starts over
+                await live.show(WRITING, now=True)
+            elif isinstance(event, TextDelta | PartParsed):
+                if isinstance(event, TextDelta):
+                    pieces.append(event.text)
+                else:
+                    parts.append(_part_label(event))
+                await live.show(_regions_text(parts), code="".join(pieces))
+            elif isinstance(event, Finished) and isinstance(event.result, ComposeResult):
+                return await self._composed(live, event.result)
+            elif isinstance(event, Failed | Cancelled):
+                await self._job_ended(live, event)
+        return None
+
+    async def _composed(self, live: LiveTurn, result: ComposeResult) -> Canvas | None:
+        canvas = result.canvas
+        if canvas is None:
+            error = result.parse_error or CanvasError("the answer holds no canvas")
+            await live.save(status=TurnStatus.RUNNING, assistant_text=result.text)
+            await live.end(TurnStatus.FAILED, f"The model's answer did not parse: {error}", retry=True)
+            answer = await results.keep_failed_answer(live, result.text)
+            await results.post_files(live, "the model's answer, as it wrote it.", (answer,))
+            return None
+        blocked = self.policy.check_canvas(canvas)
+        if not blocked.allowed:
+            await live.save(status=TurnStatus.RUNNING, assistant_text=result.text)
+            await live.end(TurnStatus.FAILED, blocked.message, retry=False)
+            return None
+        code = find_code(result.text).code
+        await live.save(status=TurnStatus.RUNNING, assistant_text=result.text, canvas_code=code)
+        notes = " ".join(result.stats.notes)
+        if notes:
+            await live.show(notes, now=True)
+        return canvas
+
+    # --- render ----------------------------------------------------------------------------------
+
+    async def _render(self, live: LiveTurn, canvas: Canvas) -> None:
+        seed = live.turn.seed if live.turn.seed is not None else 0
+        job = RenderJob(
+            owner=live.turn.owner, canvas=canvas, params=render_params(live.settings, seed), tag=str(live.id)
+        )
+        try:
+            handle = self._submit(job)
+        except EngineError as e:
+            await live.end(TurnStatus.FAILED, str(e), retry=True)
+            return
+        async for event in handle.events():
+            if isinstance(event, Queued):
+                await live.show(f"waiting to draw, #{event.position}{_eta(event.eta_s)}")
+            elif isinstance(event, Started):
+                if live.turn.status == TurnStatus.QUEUED:
+                    await live.save(status=TurnStatus.RUNNING)
+            elif isinstance(event, Step):
+                phase = "refining" if event.phase == "hires" else "drawing"
+                await live.show(
+                    f"{phase}, step {event.index}/{event.total}", progress=(event.index, event.total)
+                )
+            elif isinstance(event, Finished) and isinstance(event.result, RenderResult):
+                data = await results.store_result(live, event.result, self.model_name)
+                await results.announce(live.adapter, self.store, live, canvas, data)
+            elif isinstance(event, Failed | Cancelled):
+                await self._job_ended(live, event)
+
+
+def _part_label(event: PartParsed) -> str:
+    part = event.part
+    if isinstance(part, GlobalParsed):
+        return part.global_description.description
+    return f"{part.region.description} ({part.region.location})"
+
+
+def _regions_text(parts: list[str]) -> str:
+    return "\n".join([WRITING, *(f"• {part}" for part in parts[-12:])])
