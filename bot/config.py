@@ -188,6 +188,9 @@ class LLMConfig(_Section):
     """Remote server only: the longest wait for the answer to start, and then for each line of it."""
     total_timeout_s: Annotated[float, Field(gt=0)] = 600.0
     """Remote server only: the longest one answer may take, retries included."""
+    # Issue 11: the server's dialect (where the grammar goes) and whether decoding is constrained.
+    server: Literal["auto", "vllm", "sglang", "llama.cpp", "tgi", "ollama", "generic"] = "auto"
+    constrain: Literal["auto", "off"] = "auto"
 
     _finite_numbers = field_validator("temperature", "top_p", "idle_timeout_s", "total_timeout_s")(_finite)
 

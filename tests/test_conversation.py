@@ -129,7 +129,8 @@ async def test_bad_user_canvas_is_explained_and_nothing_runs(bot: Bot) -> None:
 
 async def test_unparseable_answer_names_the_line_and_offers_retry(tmp_path: Path) -> None:
     broken = "```python\ncanvas = Canvas()\ncanvas.set_global_description(description=1)\n```"
-    app, bot = await open_bot(tmp_path, llm=FakeLLM([broken, seed_answers()[0]]))
+    # The engine's repair turn (issue 11) asks once more: broken twice before the user sees it.
+    app, bot = await open_bot(tmp_path, llm=FakeLLM([broken, broken, seed_answers()[0]]))
     try:
         await bot.adapter.say(FIRST)
         await bot.settle()

@@ -64,6 +64,28 @@ def _weights(model: str) -> dict[str, Any]:
     }
 
 
+def _constraint(llm: Any) -> dict[str, Any]:
+    """Whether answers will be decoded under the Canvas grammar (issue 11), and how."""
+    if llm.constrain == "off":
+        how = 'constrain = "off": an answer that does not parse gets one repair turn'
+        return {"constrained": False, "how": how}
+    if llm.backend != "openai":
+        return {"constrained": True, "how": "local model: llguidance masks every token"}
+    from omost_engine.llm.openai_api import ENFORCING_SERVERS, grammar_fields, probe_server
+
+    if llm.server == "auto":
+        server, evidence = probe_server(str(llm.base_url))
+        server = server or "unreachable"
+    else:
+        server, evidence = llm.server, "from the config"
+    if server in ENFORCING_SERVERS:
+        field = next(iter(grammar_fields(server)))
+        return {"constrained": True, "server": server, "how": f"{server} ({evidence}): grammar in `{field}`"}
+    return {
+        "constrained": False,
+        "server": server,
+        "how": f"{server} ({evidence}) cannot enforce a grammar: one repair turn per bad answer",
+    }
 def _family(render: Any) -> dict[str, Any]:
     """The renderer family in force: the configured one, or what "auto" finds in model_index.json."""
     from omost_engine.render.factory import UnknownModelFamily, detect_family
@@ -156,6 +178,7 @@ def report(config: Any) -> dict[str, Any]:
             "llm": llm_weights,
             "render": {**_weights(config.render.model), **_family(config.render)},
         },
+        "grammar": _constraint(config.llm),
         "tokens": tokens,
         "platforms": {"telegram": config.telegram.enabled, "discord": config.discord.enabled},
         "cluster": _cluster(config),
@@ -183,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name + ':':9} {w['model']}{family} [{state}] {w['where']}")
         if w.get("family_error"):
             print(f"          {w['family_error']}")
+    grammar = data["grammar"]
+    print(f"grammar:  {'constrained' if grammar['constrained'] else 'NOT constrained'}: {grammar['how']}")
     for key, t in data["tokens"].items():
         print(f"token:    {key} -> ${t['variable']} {'set' if t['set'] else 'NOT SET'}")
     enabled = [p for p, on in data["platforms"].items() if on] or ["terminal chat only"]
