@@ -47,6 +47,8 @@ def build_llm(config: Config) -> LLMBackend:
             api_key_env=llm.api_key_env,
             idle_timeout_s=llm.idle_timeout_s,
             total_timeout_s=llm.total_timeout_s,
+            server=llm.server,
+            constrain=llm.constrain,
         )
     # "auto" and "none": load what the repo ships (the Omost repos carry their quantisation config)
     quantize: Literal["4bit", "8bit"] | None = None
@@ -56,7 +58,7 @@ def build_llm(config: Config) -> LLMBackend:
         quantize = "8bit"
     # The bot never downloads inside a chat turn (gigabytes, minutes): `omost-bot download` does,
     # and the renderer is local-only the same way.
-    options: dict[str, Any] = {"offline": True}
+    options: dict[str, Any] = {"offline": True, "constrain": llm.constrain}
     if llm.device != "auto":
         options["device"] = llm.device
     return create_backend("local", llm.model, quantize=quantize, **options)

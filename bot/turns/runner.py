@@ -42,6 +42,7 @@ from omost_engine.jobs import (
     Queued,
     RenderJob,
     RenderResult,
+    Repairing,
     Started,
     Step,
     TextDelta,
@@ -51,6 +52,7 @@ from omost_engine.llm.base import ChatMessage, GenerationParams
 log = logging.getLogger(__name__)
 
 WRITING = "writing the canvas…"
+REPAIRING = "the answer did not parse ({error}); asking the model once more…"
 CANCELLED_BY_USER = "cancelled by the user"
 SOMETHING_WENT_WRONG = "Something went wrong on my side; the bot's admin can find the details in the log."
 
@@ -304,9 +306,12 @@ class TurnRunner:
         async for event in handle.events():
             if isinstance(event, Queued):
                 await live.show(f"queued #{event.position}{_eta(event.eta_s)}")
-            elif isinstance(event, Started):
-                parts, pieces = [], []  # attempt 2 (after running out of memory) starts over
-                await live.show(WRITING, now=True)
+            elif isinstance(event, Started | Repairing):
+                # attempt 2 (out of memory, or another worker took the job over) and a repair
+                # (the first answer did not parse) both start the answer over
+                parts, pieces = [], []
+                text = WRITING if isinstance(event, Started) else REPAIRING.format(error=event.error)
+                await live.show(text, now=True)
             elif isinstance(event, TextDelta | PartParsed):
                 if isinstance(event, TextDelta):
                     pieces.append(event.text)
@@ -334,7 +339,8 @@ class TurnRunner:
             await live.end(TurnStatus.FAILED, blocked.message, retry=False)
             return None
         code = find_code(result.text).code
-        await live.save(status=TurnStatus.RUNNING, assistant_text=result.text, canvas_code=code)
+        repaired = {"params": {**live.turn.params, "repaired": True}} if result.repaired else {}
+        await live.save(status=TurnStatus.RUNNING, assistant_text=result.text, canvas_code=code, **repaired)
         notes = " ".join(result.stats.notes)
         if notes:
             await live.show(notes, now=True)

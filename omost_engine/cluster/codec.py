@@ -12,6 +12,7 @@ result cannot fill Redis' memory.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from dataclasses import asdict, fields
@@ -34,11 +35,13 @@ from omost_engine.jobs import (
     PartParsed,
     Queued,
     RenderJob,
+    Repairing,
     Started,
     TextDelta,
 )
 from omost_engine.llm.base import ChatMessage, GenerationParams, GenerationStats
 from omost_engine.render.base import RenderParams, RenderResult, Step
+from omost_engine.render.edit_plan import EditSpec
 
 
 class CodecError(EngineError):
@@ -88,6 +91,33 @@ def _plain(cls: Any, data: dict[str, Any]) -> Any:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def _params_to_dict(params: RenderParams) -> dict[str, Any]:
+    """RenderParams as JSON data; an edit's parent picture travels as base64."""
+    data = asdict(params)
+    if params.edit is not None:
+        data["edit"] = {
+            **asdict(params.edit),
+            "parent_png": base64.b64encode(params.edit.parent_png).decode(),
+        }
+    return data
+
+
+def _params_from_dict(data: dict[str, Any]) -> RenderParams:
+    edit = data.get("edit")
+    spec = None
+    if edit is not None:
+        spec = _plain(
+            EditSpec,
+            {
+                **edit,
+                "parent_png": base64.b64decode(edit["parent_png"], validate=True),
+                "boxes": tuple(tuple(int(v) for v in box) for box in edit["boxes"]),
+            },
+        )
+    params: RenderParams = _plain(RenderParams, {**data, "edit": spec})
+    return params
+
+
 def encode_job(job: Job) -> str:
     common = {"owner": job.owner, "tag": job.tag, "timeout_s": job.timeout_s, "job_id": job.job_id}
     if isinstance(job, ComposeJob):
@@ -96,7 +126,7 @@ def encode_job(job: Job) -> str:
             "params": asdict(job.params),
         }
     else:
-        body = {"canvas": _canvas_to_dict(job.canvas), "params": asdict(job.params)}
+        body = {"canvas": _canvas_to_dict(job.canvas), "params": _params_to_dict(job.params)}
     return json.dumps({"kind": job.kind, **common, **body}, separators=(",", ":"))
 
 
@@ -114,7 +144,7 @@ def decode_job(text: str | bytes) -> Job:
             return ComposeJob(messages=messages, params=_plain(GenerationParams, data["params"]), **common)
         if data["kind"] == "render":
             canvas = _canvas_from_dict(data["canvas"])
-            return RenderJob(canvas=canvas, params=_plain(RenderParams, data["params"]), **common)
+            return RenderJob(canvas=canvas, params=_params_from_dict(data["params"]), **common)
     except (KeyError, TypeError, ValueError) as e:
         raise CodecError(f"a job in the cluster could not be read: {e!r}") from e
     raise CodecError(f"a job in the cluster has an unknown kind {data.get('kind')!r}")
@@ -161,6 +191,7 @@ def _compose_result(result: ComposeResult) -> dict[str, Any]:
         "canvas": None if result.canvas is None else _canvas_to_dict(result.canvas),
         "parse_error": None if error is None else {"reason": error.reason, "line": error.line},
         "stats": asdict(result.stats),
+        "repaired": result.repaired,
     }
 
 
@@ -171,6 +202,7 @@ def _compose_result_from(data: dict[str, Any]) -> ComposeResult:
         canvas=None if data["canvas"] is None else _canvas_from_dict(data["canvas"]),
         parse_error=None if error is None else CanvasError(error["reason"], error["line"]),
         stats=_plain(GenerationStats, data["stats"]),
+        repaired=bool(data.get("repaired", False)),
     )
 
 
@@ -179,7 +211,7 @@ def encode_event(event: JobEvent, *, max_image_bytes: int) -> Fields:
     kind = type(event).__name__
     image: bytes | None = None
     data: dict[str, Any]
-    if isinstance(event, Queued | Started | TextDelta | Failed | Cancelled):
+    if isinstance(event, Queued | Started | TextDelta | Repairing | Failed | Cancelled):
         data = asdict(event)
     elif isinstance(event, PartParsed):
         data = _part_to_dict(event.part)
@@ -198,7 +230,7 @@ def encode_event(event: JobEvent, *, max_image_bytes: int) -> Fields:
             )
         data = {
             "render": {
-                "params": asdict(result.params),
+                "params": _params_to_dict(result.params),
                 "model": result.model,
                 "seconds": result.seconds,
                 "metadata": result.metadata,
@@ -230,7 +262,7 @@ def _finished(data: dict[str, Any], image: bytes | None) -> Finished:
     return Finished(
         RenderResult(
             image=_image(image),
-            params=_plain(RenderParams, r["params"]),
+            params=_params_from_dict(r["params"]),
             model=r["model"],
             seconds=float(r["seconds"]),
             metadata={str(k): str(v) for k, v in r["metadata"].items()},
@@ -242,6 +274,7 @@ _EVENT_DECODERS: dict[str, Any] = {
     "Queued": lambda d, _: Queued(int(d["position"]), d["eta_s"]),
     "Started": lambda d, _: Started(int(d["attempt"])),
     "TextDelta": lambda d, _: TextDelta(str(d["text"])),
+    "Repairing": lambda d, _: Repairing(str(d["error"])),
     "PartParsed": lambda d, _: PartParsed(_part_from_dict(d)),
     "Step": lambda d, img: Step(
         int(d["index"]), int(d["total"]), None if img is None else _image(img), d["phase"]

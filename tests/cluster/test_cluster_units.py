@@ -148,3 +148,20 @@ def test_a_worker_loads_only_what_it_serves() -> None:
     assert (llm.loads, renderer.loads) == (0, 2)
     load_models(llm, renderer, ["compose"], swap=False)
     assert llm.loads == 1
+
+
+def test_an_edit_render_and_a_repair_cross_the_wire_unchanged() -> None:
+    import dataclasses
+    import io
+
+    from omost_engine.jobs import Repairing
+    from omost_engine.render.edit_plan import EditSpec
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), "navy").save(buffer, format="PNG")
+    spec = EditSpec("inpaint", buffer.getvalue(), ((0, 40, 0, 40), (10, 90, 45, 90)), margin=8)
+    job = render_job("alice", "e1")
+    job = dataclasses.replace(job, params=dataclasses.replace(job.params, edit=spec, frame_zoom=1.5))
+    assert decode_job(encode_job(job)) == job
+    event = Repairing("line 3: unknown location 'on the lefft'")
+    assert roundtrip(event) == event
