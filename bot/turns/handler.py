@@ -378,8 +378,9 @@ class ChatHandler:
     async def _retry(self, turn: Turn, presser: str) -> Turn:
         if turn.status not in (TurnStatus.FAILED, TurnStatus.CANCELLED):
             raise UserError("That picture is already on its way.")  # pressed twice, or retried
-        if presser == turn.owner:
-            return await self.store.update_turn(turn.id, status=TurnStatus.QUEUED, error=None)
+        if presser == turn.owner:  # its next run gets jobs of its own (job ids count the runs)
+            run = {**turn.params, "run": int(turn.params.get("run", 0)) + 1}
+            return await self.store.update_turn(turn.id, status=TurnStatus.QUEUED, error=None, params=run)
         return await self.store.create_turn(  # someone else's turn: a copy of it, as theirs
             conversation_id=turn.conversation_id,
             parent_id=turn.parent_id,

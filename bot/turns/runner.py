@@ -29,7 +29,7 @@ from bot.turns.settings import SettingsBook, TurnSettings, render_params
 from bot.turns.status import StatusMessage
 from omost_engine.canvas import Canvas, CanvasError
 from omost_engine.canvas_code import GlobalParsed, find_code
-from omost_engine.engine import Engine, JobHandle
+from omost_engine.engine_api import EngineUnavailable, JobEngine, JobHandleView
 from omost_engine.errors import EngineError
 from omost_engine.jobs import (
     Cancelled,
@@ -77,11 +77,12 @@ class TurnRunner:
         self,
         *,
         store: Store,
-        engine: Engine,
+        engine: JobEngine,
         policy: Policy,
         settings: SettingsBook,
         llm: LLMConfig,
         model_name: str,
+        instance: str = "bot",
     ) -> None:
         self.store = store
         self.engine = engine
@@ -89,9 +90,11 @@ class TurnRunner:
         self.settings = settings
         self.llm = llm
         self.model_name = model_name
+        self.instance = instance  # in every job id: bots sharing a render cluster never collide
         self.adapters: dict[str, Adapter] = {}
         self._flight: dict[int, _InFlight] = {}
         self._reserved: Counter[str] = Counter()
+        self._closing = False
 
     # --- the table of turns in flight ------------------------------------------------------------
 
@@ -135,6 +138,9 @@ class TurnRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
+        """Shut down: the turns in flight stop here but stay queued or running in the store, so
+        the next start resumes them (a render cluster's jobs go on meanwhile)."""
+        self._closing = True
         tasks = [f.task for f in self._flight.values() if f.task is not None]
         for task in tasks:
             task.cancel()
@@ -231,7 +237,8 @@ class TurnRunner:
                 await results.post_layout_preview(live, canvas)
             await self._render(live, canvas)
         except asyncio.CancelledError:
-            await self._end_quietly(live, TurnStatus.CANCELLED, "Cancelled.")
+            if not self._closing:  # cancelled for its own sake (e.g. while waiting for its parent)
+                await self._end_quietly(live, TurnStatus.CANCELLED, "Cancelled.")
             raise
         except Exception:  # the turn fails; the bot goes on (the detail is for the log only)
             log.exception("turn %s failed", live.id)
@@ -247,8 +254,22 @@ class TurnRunner:
         except Exception:
             log.exception("turn %s: could not record its end", live.id)
 
-    def _submit(self, job: ComposeJob | RenderJob) -> JobHandle:
-        return self.engine.submit(job)
+    def job_id(self, live: LiveTurn, kind: str) -> str:
+        """Deterministic per turn, kind and run: a restarted bot submitting a turn again attaches
+        to its job still in a render cluster instead of running it twice."""
+        return f"{self.instance}:{live.id}:{kind}:{int(live.turn.params.get('run', 0))}"
+
+    async def _submit(self, live: LiveTurn, job: ComposeJob | RenderJob) -> JobHandleView:
+        """Submit, waiting (with the turn left queued) while the render cluster is unreachable."""
+        while True:
+            try:
+                return self.engine.submit(job)
+            except EngineUnavailable as e:
+                await live.show(str(e), now=True)
+                wait = getattr(self.engine, "wait_until_reachable", None)
+                if wait is None:
+                    raise
+                await wait()
 
     async def _job_ended(self, live: LiveTurn, event: Failed | Cancelled) -> None:
         if isinstance(event, Failed):
@@ -295,9 +316,10 @@ class TurnRunner:
                 seed=live.turn.seed,
             ),
             tag=str(live.id),
+            job_id=self.job_id(live, "compose"),
         )
         try:
-            handle = self._submit(job)
+            handle = await self._submit(live, job)
         except EngineError as e:
             await live.end(TurnStatus.FAILED, str(e), retry=True)
             return None
@@ -351,9 +373,15 @@ class TurnRunner:
     async def _render(self, live: LiveTurn, canvas: Canvas) -> None:
         seed = live.turn.seed if live.turn.seed is not None else 0
         params = await edits.render_params_for(live, canvas, render_params(live.settings, seed))
-        job = RenderJob(owner=live.turn.owner, canvas=canvas, params=params, tag=str(live.id))
+        job = RenderJob(
+            owner=live.turn.owner,
+            canvas=canvas,
+            params=params,
+            tag=str(live.id),
+            job_id=self.job_id(live, "render"),
+        )
         try:
-            handle = self._submit(job)
+            handle = await self._submit(live, job)
         except EngineError as e:
             await live.end(TurnStatus.FAILED, str(e), retry=True)
             return
