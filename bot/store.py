@@ -32,6 +32,7 @@ from typing import Any, NoReturn
 
 import aiosqlite
 
+from bot.images import ImageFiles
 from bot.migrations import immediate_transaction, migrate
 from bot.records import (  # re-exported: callers import the values from the store
     ALLOWED_TRANSITIONS,
@@ -108,7 +109,7 @@ def _conversation(row: Sequence[Any]) -> Conversation:
     return Conversation(id=row[0], platform=row[1], chat=row[2], thread=row[3], created_at=row[4])
 
 
-class Store:
+class Store(ImageFiles):
     """Async access to the bot's database. Open it with `async with Store.open(path) as store`."""
 
     def __init__(self, db: aiosqlite.Connection, data_dir: Path | None, clock: Callable[[], float]) -> None:
@@ -577,39 +578,3 @@ class Store:
         assert row is not None
         value: dict[str, Any] = json.loads(row[0])
         return value
-
-    # --- image files --------------------------------------------------------------------------
-
-    @property
-    def data_dir(self) -> Path | None:
-        return self._data_dir
-
-    def _require_data_dir(self) -> Path:
-        if self._data_dir is None:
-            raise ImagePathError("this store has no data directory for images")
-        return self._data_dir
-
-    def new_image_path(self, turn_id: int, suffix: str = ".png") -> Path:
-        """Where a turn's image is written: <data dir>/images/<thousands>/<turn id><suffix>.
-
-        The folder is created. Sharding by thousands keeps any one folder small.
-        """
-        if not suffix.startswith(".") or not suffix[1:].isalnum():
-            raise ImagePathError(f"an image suffix is like '.png', not {suffix!r}")
-        folder = self._require_data_dir() / "images" / f"{turn_id // 1000:04d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder / f"{turn_id}{suffix}"
-
-    def image_file(self, stored: Path | str) -> Path:
-        """The absolute path of an image path stored on a turn, refusing one that leaves the data
-        directory (through "..", an absolute path elsewhere or a symlink)."""
-        root = self._require_data_dir()
-        candidate = Path(stored)
-        resolved = (candidate if candidate.is_absolute() else root / candidate).resolve()
-        if not resolved.is_relative_to(root):
-            raise ImagePathError(f"{str(stored)!r} is outside the data directory")
-        return resolved
-
-    def relative_image_path(self, path: Path | str) -> str:
-        """How an image path is stored: relative to the data directory, with / separators."""
-        return self.image_file(path).relative_to(self._require_data_dir()).as_posix()
