@@ -105,6 +105,12 @@ async def m004_unfinished_turns_index(db: aiosqlite.Connection) -> None:
     await db.execute("CREATE INDEX turns_unfinished ON turns (id) WHERE status IN ('queued', 'running')")
 
 
+@migration
+async def m005_announcing_mark(db: aiosqlite.Connection) -> None:
+    # Set before a result is posted, so a restart can tell "never posted" from "may be posted".
+    await db.execute("ALTER TABLE turns ADD COLUMN announcing_at REAL")
+
+
 async def applied_migrations(db: aiosqlite.Connection) -> list[str]:
     await db.execute(
         "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"

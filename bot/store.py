@@ -23,7 +23,9 @@ The values (Turn, Conversation, statuses, link roles) and the errors live in bot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -37,6 +39,7 @@ from bot.records import (  # re-exported: callers import the values from the sto
     ALLOWED_TRANSITIONS,
     UNSET,
     Conversation,
+    DatabaseUnusable,
     ImagePathError,
     InvalidTransition,
     LinkRole,
@@ -55,6 +58,7 @@ __all__ = [
     "ALLOWED_TRANSITIONS",
     "UNSET",
     "Conversation",
+    "DatabaseUnusable",
     "ImagePathError",
     "InvalidTransition",
     "LinkRole",
@@ -69,11 +73,69 @@ __all__ = [
     "TurnStatus",
 ]
 
+# --- opening the database ---------------------------------------------------------------------
+
+# What each SQLite failure at open means for the operator, by SQLite's error name.
+_UNUSABLE: dict[str, tuple[str, str]] = {
+    "SQLITE_NOTADB": (
+        "is not an SQLite database",
+        "Move the file aside (or set [data] dir to another folder) and start again: "
+        "a new, empty database is created.",
+    ),
+    "SQLITE_CORRUPT": (
+        "is damaged",
+        "Restore it from a backup, or move it aside to start with an empty one "
+        "(`sqlite3 FILE .recover` can save what is left).",
+    ),
+    "SQLITE_BUSY": (
+        "is locked by another process",
+        "Is another omost-bot running on the same data folder? Stop it, or set [data] dir to "
+        "another folder.",
+    ),
+    "SQLITE_CANTOPEN": (
+        "cannot be opened",
+        "Check that the path is a file (not a folder) and that this user may read and write it "
+        "and its folder.",
+    ),
+    "SQLITE_READONLY": (
+        "is read-only for this user",
+        "Give this user write access to the file and its folder, or set [data] dir elsewhere.",
+    ),
+}
+_UNUSABLE["SQLITE_LOCKED"] = _UNUSABLE["SQLITE_BUSY"]
+_UNUSABLE["SQLITE_PERM"] = _UNUSABLE["SQLITE_READONLY"]
+
+
+async def _connect(path: str, busy_timeout_ms: int) -> aiosqlite.Connection:
+    """A migrated connection, or DatabaseUnusable naming the file and what to do."""
+    db: aiosqlite.Connection | None = None
+    try:
+        # isolation_level=None: autocommit; transactions are explicit BEGIN ... COMMIT.
+        db = await aiosqlite.connect(path, isolation_level=None)
+        # the busy timeout first: a database another process holds is waited for, then reported
+        await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA synchronous = NORMAL")
+        await db.execute("PRAGMA foreign_keys = ON")
+        await migrate(db)
+    except sqlite3.DatabaseError as e:
+        if db is not None:
+            await db.close()
+        name = getattr(e, "sqlite_errorname", "")
+        problem, advice = _UNUSABLE.get(name, (f"cannot be used ({e})", "See the log for details."))
+        raise DatabaseUnusable(path, problem, advice.replace("FILE", path)) from e
+    except BaseException:
+        if db is not None:
+            await db.close()
+        raise
+    return db
+
+
 # --- the store --------------------------------------------------------------------------------
 
 _TURN_COLUMNS = (
     "id, conversation_id, parent_id, kind, owner, user_text, assistant_text, canvas_code, "
-    "status, error, seed, params, image_path, created_at, updated_at"
+    "status, error, seed, params, image_path, created_at, updated_at, announcing_at"
 )
 _TURN_COLUMNS_QUALIFIED = ", ".join("turns." + c.strip() for c in _TURN_COLUMNS.split(","))
 _TURN_WIDTH = len(_TURN_COLUMNS.split(","))
@@ -81,6 +143,9 @@ _CONVERSATION_COLUMNS_QUALIFIED = ", ".join(
     f"conversations.{c}" for c in ("id", "platform", "chat", "thread", "created_at")
 )
 _CONVERSATION_WIDTH = 5
+IMAGES = "images"  # the bot's results, kept for good
+UPLOADS = "uploads"  # pictures users sent back, kept for [data] keep_uploads_days
+PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
 _MAX_DEPTH = 100_000  # a guard against a hand-edited cycle; real chains are far shorter
 
 
@@ -101,6 +166,7 @@ def _turn(row: Sequence[Any]) -> Turn:
         image_path=row[12],
         created_at=row[13],
         updated_at=row[14],
+        announcing_at=row[15],
     )
 
 
@@ -125,10 +191,13 @@ class Store:
         *,
         data_dir: Path | None = None,
         clock: Callable[[], float] = time.time,
+        busy_timeout_ms: int = 5000,
     ) -> AsyncIterator[Store]:
         """Open (creating and migrating as needed) the database at `path` (":memory:" works).
 
-        Images live under `data_dir`, by default the database file's folder.
+        Images live under `data_dir`, by default the database file's folder. A file that cannot
+        be used (not a database, damaged, locked by another process for `busy_timeout_ms`,
+        unreadable) raises DatabaseUnusable, whose message says which file and what to do.
         """
         memory = str(path) == ":memory:"
         if not memory:
@@ -136,17 +205,15 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
             if data_dir is None:
                 data_dir = path.parent
-        # isolation_level=None: autocommit; transactions are explicit BEGIN ... COMMIT.
-        db = await aiosqlite.connect(str(path), isolation_level=None)
+        db = await _connect(str(path), busy_timeout_ms)
         try:
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("PRAGMA synchronous = NORMAL")
-            await db.execute("PRAGMA foreign_keys = ON")
-            await db.execute("PRAGMA busy_timeout = 5000")
-            await migrate(db)
             yield cls(db, data_dir, clock)
         finally:
             await db.close()
+
+    def now(self) -> float:
+        """The store's clock (what created_at and updated_at are written with)."""
+        return self._clock()
 
     @property
     def connection(self) -> aiosqlite.Connection:
@@ -314,6 +381,7 @@ class Store:
         seed: int | _Unset | None = UNSET,
         params: Mapping[str, Any] | _Unset = UNSET,
         image_path: Path | str | _Unset | None = UNSET,
+        announcing_at: float | _Unset | None = UNSET,
         links: Sequence[LinkSpec] = (),
     ) -> Turn:
         """Change a turn's columns and, when `status` differs from the current one, its status;
@@ -328,6 +396,7 @@ class Store:
             error=error,
             seed=seed,
             image_path=image_path,
+            announcing_at=announcing_at,
         )
         if params is not UNSET:
             sets.append("params = ?")
@@ -410,7 +479,8 @@ class Store:
 
     async def unannounced_turns(self) -> list[Turn]:
         """Done turns with a picture but no posted image message: a crash came between storing
-        the result and announcing it. Oldest first, for announcing at start."""
+        the result and announcing it (or while announcing it: `announcing_at` is set then, and
+        the post may be out). Oldest first, for announcing at start."""
         rows = await self._rows(
             f"SELECT {_TURN_COLUMNS} FROM turns WHERE status = 'done' AND image_path IS NOT NULL "
             "AND NOT EXISTS (SELECT 1 FROM message_links "
@@ -576,16 +646,41 @@ class Store:
             raise ImagePathError("this store has no data directory for images")
         return self._data_dir
 
-    def new_image_path(self, turn_id: int, suffix: str = ".png") -> Path:
-        """Where a turn's image is written: <data dir>/images/<thousands>/<turn id><suffix>.
+    def new_image_path(self, turn_id: int, suffix: str = ".png", *, kept: str = IMAGES) -> Path:
+        """Where a turn's image is written: <data dir>/images/<thousands>/<turn id><suffix>, or
+        under uploads/ for a picture a user sent (`kept=UPLOADS`; those are pruned by age).
 
         The folder is created. Sharding by thousands keeps any one folder small.
         """
         if not suffix.startswith(".") or not suffix[1:].isalnum():
             raise ImagePathError(f"an image suffix is like '.png', not {suffix!r}")
-        folder = self._require_data_dir() / "images" / f"{turn_id // 1000:04d}"
+        if kept not in (IMAGES, UPLOADS):
+            raise ImagePathError(f"images are kept under {IMAGES!r} or {UPLOADS!r}, not {kept!r}")
+        folder = self._require_data_dir() / kept / f"{turn_id // 1000:04d}"
         folder.mkdir(parents=True, exist_ok=True)
         return folder / f"{turn_id}{suffix}"
+
+    async def prune_uploads(self, older_than_s: float) -> int:
+        """Delete the pictures users sent that are older than `older_than_s` (their turns keep
+        the canvas; their image path is cleared), and stray upload files a crash left; returns
+        how many files went."""
+        root = self._require_data_dir() / UPLOADS
+        cutoff = self._clock() - older_than_s
+        rows = await self._rows(
+            "SELECT id, image_path FROM turns WHERE image_path LIKE ? AND created_at < ?",
+            (f"{UPLOADS}/%", cutoff),
+        )
+        known = {self._data_dir / row[1] for row in rows if self._data_dir is not None}
+        removed = await asyncio.to_thread(_remove_old_files, root, known, cutoff)
+        ids = [row[0] for row in rows]
+        for start in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+            chunk = ids[start : start + 500]
+            async with self._transaction() as db:
+                await db.execute(
+                    f"UPDATE turns SET image_path = NULL WHERE id IN ({', '.join('?' for _ in chunk)})",
+                    chunk,
+                )
+        return removed
 
     def image_file(self, stored: Path | str) -> Path:
         """The absolute path of an image path stored on a turn, refusing one that leaves the data
@@ -600,3 +695,47 @@ class Store:
     def relative_image_path(self, path: Path | str) -> str:
         """How an image path is stored: relative to the data directory, with / separators."""
         return self.image_file(path).relative_to(self._require_data_dir()).as_posix()
+
+
+# --- files on disk --------------------------------------------------------------------------
+
+
+def _remove_old_files(root: Path, known: set[Path], cutoff: float) -> int:
+    """Delete `known` files and any file under `root` last changed before `cutoff`."""
+    removed = 0
+    for path in known:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            removed += 1
+    if root.is_dir():
+        for path in root.rglob("*"):
+            if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+def make_private(data_dir: Path, database: Path) -> int:
+    """Folders 0700 and files 0600 for what the bot keeps (the data folder, the database and its
+    journal files, images/, uploads/): prompts and pictures are nobody else's to read. Symlinks
+    are left alone. Returns how many modes were changed."""
+    changed = 0
+
+    def restrict(path: Path, mode: int) -> None:
+        nonlocal changed
+        if path.is_symlink() or not path.exists():
+            return
+        if path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
+            changed += 1
+
+    restrict(data_dir, PRIVATE_DIR)
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        restrict(database.with_name(database.name + suffix), PRIVATE_FILE)
+    for kept in (IMAGES, UPLOADS):
+        folder = data_dir / kept
+        restrict(folder, PRIVATE_DIR)
+        if folder.is_dir() and not folder.is_symlink():
+            for path in folder.rglob("*"):
+                restrict(path, PRIVATE_DIR if path.is_dir() else PRIVATE_FILE)
+    return changed
