@@ -31,6 +31,15 @@ BUTTON_LABELS: Mapping[ButtonAction, str] = {
 }
 
 
+class PlatformStartError(RuntimeError):
+    """An adapter could not start (the platform never became ready); str() names the platform and
+    what happened, for the operator's one-line start-up error."""
+
+    def __init__(self, platform: str, message: str) -> None:
+        self.platform = platform
+        super().__init__(message)
+
+
 @dataclass(frozen=True)
 class Attachment:
     """A file the user sent. `data` is fetched by the adapter (size-capped) before the bot sees it."""

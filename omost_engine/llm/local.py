@@ -173,11 +173,13 @@ class LocalBackend:
             where = f"The language model {model!r} is not on this machine, and downloads are off (offline)."
         else:
             where = f"The language model {model!r} could not be found or downloaded ({error})."
-        return ModelNotAvailable(
-            model,
-            f"{where} Fetch it with `omost-bot download --llm --llm-model {model}`, "
-            "or point the config at a local folder that holds it.",
+        fix = (
+            "Check the path, or use a hub id and fetch it with `omost-bot download --llm`."
+            if _looks_like_path(model)  # nothing to download for a local folder
+            else f"Fetch it with `omost-bot download --llm --llm-model {model}`, "
+            "or point the config at a local folder that holds it."
         )
+        return ModelNotAvailable(model, f"{where} {fix}")
 
     def _pick_device(self) -> str:
         import torch

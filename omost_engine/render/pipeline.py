@@ -75,11 +75,15 @@ def dpmpp_2m_karras() -> Any:
 
 
 def _not_available(model: str, reason: str) -> ModelNotAvailable:
-    return ModelNotAvailable(
-        model,
-        f"The image model {model} is not available: {reason}. Run `omost-bot download {model}` "
-        "to fetch it, or pass a local diffusers folder or a single .safetensors file.",
-    )
+    # Name a command that works as spelled; a local path has nothing to download.
+    if _looks_like_path(model):
+        fix = "Check the path, or use a hub id and fetch it with `omost-bot download --render`."
+    else:
+        fix = (
+            f"Fetch it with `omost-bot download --render --render-model {model}`, "
+            "or use a local diffusers folder or a single .safetensors file."
+        )
+    return ModelNotAvailable(model, f"The image model {model} is not available: {reason}. {fix}")
 
 
 def _looks_like_path(model: str) -> bool:
