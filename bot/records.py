@@ -50,7 +50,7 @@ class DatabaseUnusable(StoreError):
     def __init__(self, path: str, problem: str, advice: str) -> None:
         self.path = path
         self.problem = problem
-        super().__init__(f"The database {path} {problem}. {advice}")
+        super().__init__(f"the database {path} {problem}: {advice}")
 
 
 # --- values -----------------------------------------------------------------------------------

@@ -79,27 +79,27 @@ __all__ = [
 _UNUSABLE: dict[str, tuple[str, str]] = {
     "SQLITE_NOTADB": (
         "is not an SQLite database",
-        "Move the file aside (or set [data] dir to another folder) and start again: "
-        "a new, empty database is created.",
+        "move the file away and start again (a new, empty database is created), "
+        "or set [data] dir to another folder",
     ),
     "SQLITE_CORRUPT": (
         "is damaged",
-        "Restore it from a backup, or move it aside to start with an empty one "
-        "(`sqlite3 FILE .recover` can save what is left).",
+        "restore it from a backup, or move the file away to start with an empty one "
+        "(`sqlite3 FILE .recover` can save what is left)",
     ),
     "SQLITE_BUSY": (
         "is locked by another process",
-        "Is another omost-bot running on the same data folder? Stop it, or set [data] dir to "
-        "another folder.",
+        "another omost-bot is probably running on the same data folder: stop it, "
+        "or set [data] dir to another folder",
     ),
     "SQLITE_CANTOPEN": (
         "cannot be opened",
-        "Check that the path is a file (not a folder) and that this user may read and write it "
-        "and its folder.",
+        "check that the path is a file (not a folder) and that this user may read and write it "
+        "and its folder",
     ),
     "SQLITE_READONLY": (
         "is read-only for this user",
-        "Give this user write access to the file and its folder, or set [data] dir elsewhere.",
+        "give this user write access to the file and its folder, or set [data] dir elsewhere",
     ),
 }
 _UNUSABLE["SQLITE_LOCKED"] = _UNUSABLE["SQLITE_BUSY"]
@@ -122,7 +122,7 @@ async def _connect(path: str, busy_timeout_ms: int) -> aiosqlite.Connection:
         if db is not None:
             await db.close()
         name = getattr(e, "sqlite_errorname", "")
-        problem, advice = _UNUSABLE.get(name, (f"cannot be used ({e})", "See the log for details."))
+        problem, advice = _UNUSABLE.get(name, (f"cannot be used ({e})", "see the log for details"))
         raise DatabaseUnusable(path, problem, advice.replace("FILE", path)) from e
     except BaseException:
         if db is not None:
