@@ -1,11 +1,11 @@
 """Discord, through discord.py 2.x with application (slash) commands and persistent buttons.
 
 It translates, nothing more: Discord events become `Incoming`/`ButtonPress` for the bot's
-`Handler`, and the bot's `Post`s become Discord messages. It owns Discord's limits: 2000
-characters of content, 4096 of embed description, the 10 MiB file limit (a PNG too large is sent
-as JPEG), how often a message may be edited (`edit_interval`; the bot paces its edits to it), and
-mentions (allowed_mentions is empty on every message: the bot never
-pings anyone from user or model text).
+`Handler`, and the bot's `Post`s become Discord messages. It owns Discord's limits: 2000 characters
+of content, 4096 of embed description, the 10 MiB file limit (a PNG too large is sent as JPEG;
+attachments are read streamed and stopped at 10 MiB, whatever size they declare), how often a
+message may be edited (`edit_interval`; the bot paces its edits to it), and mentions
+(allowed_mentions is empty on every message: the bot never pings anyone from user or model text).
 
 Where a conversation lives (the store keys conversations by (platform, chat, thread) and message
 links by (platform, chat, message id)):

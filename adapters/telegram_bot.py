@@ -7,7 +7,8 @@ Owns everything Telegram-shaped between the Bot API and the port in adapters/bas
 - translating them: commands (/new /start /help /cancel /settings /undo /omost), the replied-to
   message (a topic's root message is not a reply), code blocks (Telegram strips the ``` a user
   types and sends a "pre" entity; they are put back), documents (.py canvases, the bot's PNGs)
-  fetched with a size cap, button presses (callback data `omost:<action>:<turn id>`, which names
+  streamed with a size cap (the declared size is only a claim: the download stops at the
+  limit), button presses (callback data `omost:<action>:<turn id>`, which names
   the turn, so buttons keep working after a restart; the codec is the port's) and the settings
   keyboard (`set:<key>=<value>`, which becomes the /settings command with that option, answered by
   editing the keyboard's message in place);

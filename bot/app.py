@@ -1,10 +1,11 @@
 """The composition root: the one place that knows every concrete class.
 
-`App` opens the store, builds the backends the config names (or takes injected ones: tests,
-benchmarks), starts the engine, builds the turn flow (bot/turns: the handler the adapters call and
-the runner that drives turns), resumes the turns a crash left unfinished, and shuts everything
-down in reverse order. Adapters are built here from plain values (a token, a URL), never from the
-whole Config.
+`App` makes the data folder private (umask 0o077 while it runs; what exists chmod-ed to 0700 and
+0600), opens the store, prunes old uploads (at start and daily, [data] keep_uploads_days), builds
+the backends the config names (or takes injected ones: tests, benchmarks), starts the engine,
+builds the turn flow (bot/turns: the handler the adapters call and the runner that drives turns),
+resumes the turns a crash left unfinished, and shuts everything down in reverse order. Adapters are
+built here from plain values (a token, a URL), never from the whole Config.
 
 Platform adapters are imported only when the config enables them (their libraries are optional
 extras); with none enabled, the terminal chat runs.

@@ -3,7 +3,13 @@
 Owns the schema and its numbered migrations (recorded in `_migrations`, in the style of
 simonw/llm's migrations.py), the turn lifecycle (which status may follow which), the links from
 posted platform messages back to turns, per-user and per-chat settings, and where image files
-live under the data directory.
+live under the data directory: images/ for results (kept), uploads/ for the pictures users send
+back (`prune_uploads` deletes them by age). Opening a file that is no usable database raises
+DatabaseUnusable (one line: the file and what to do); the file work is bot/datafiles.py's.
+
+A result's post is guarded by the turn's announcing mark (`announcing_at`): set before it goes
+out, cleared when it surely failed; with its image link written after the post, a restart can
+tell a result never posted from one that may have been (`unannounced_turns`).
 
 Conversations are keyed by (platform, chat, thread); a thread may be "" (a Telegram private chat,
 the console). `/new` starts a fresh conversation under the same key, so a key maps to its latest
@@ -23,9 +29,7 @@ The values (Turn, Conversation, statuses, link roles) and the errors live in bot
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -34,7 +38,8 @@ from typing import Any, NoReturn
 
 import aiosqlite
 
-from bot.migrations import immediate_transaction, migrate
+from bot.datafiles import IMAGES, UPLOADS, connect, make_private, remove_old_files
+from bot.migrations import immediate_transaction
 from bot.records import (  # re-exported: callers import the values from the store
     ALLOWED_TRANSITIONS,
     UNSET,
@@ -56,7 +61,9 @@ from bot.records import (  # re-exported: callers import the values from the sto
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
+    "IMAGES",
     "UNSET",
+    "UPLOADS",
     "Conversation",
     "DatabaseUnusable",
     "ImagePathError",
@@ -71,65 +78,8 @@ __all__ = [
     "TurnKind",
     "TurnNotFound",
     "TurnStatus",
+    "make_private",
 ]
-
-# --- opening the database ---------------------------------------------------------------------
-
-# What each SQLite failure at open means for the operator, by SQLite's error name.
-_UNUSABLE: dict[str, tuple[str, str]] = {
-    "SQLITE_NOTADB": (
-        "is not an SQLite database",
-        "move the file away and start again (a new, empty database is created), "
-        "or set [data] dir to another folder",
-    ),
-    "SQLITE_CORRUPT": (
-        "is damaged",
-        "restore it from a backup, or move the file away to start with an empty one "
-        "(`sqlite3 FILE .recover` can save what is left)",
-    ),
-    "SQLITE_BUSY": (
-        "is locked by another process",
-        "another omost-bot is probably running on the same data folder: stop it, "
-        "or set [data] dir to another folder",
-    ),
-    "SQLITE_CANTOPEN": (
-        "cannot be opened",
-        "check that the path is a file (not a folder) and that this user may read and write it "
-        "and its folder",
-    ),
-    "SQLITE_READONLY": (
-        "is read-only for this user",
-        "give this user write access to the file and its folder, or set [data] dir elsewhere",
-    ),
-}
-_UNUSABLE["SQLITE_LOCKED"] = _UNUSABLE["SQLITE_BUSY"]
-_UNUSABLE["SQLITE_PERM"] = _UNUSABLE["SQLITE_READONLY"]
-
-
-async def _connect(path: str, busy_timeout_ms: int) -> aiosqlite.Connection:
-    """A migrated connection, or DatabaseUnusable naming the file and what to do."""
-    db: aiosqlite.Connection | None = None
-    try:
-        # isolation_level=None: autocommit; transactions are explicit BEGIN ... COMMIT.
-        db = await aiosqlite.connect(path, isolation_level=None)
-        # the busy timeout first: a database another process holds is waited for, then reported
-        await db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-        await db.execute("PRAGMA journal_mode = WAL")
-        await db.execute("PRAGMA synchronous = NORMAL")
-        await db.execute("PRAGMA foreign_keys = ON")
-        await migrate(db)
-    except sqlite3.DatabaseError as e:
-        if db is not None:
-            await db.close()
-        name = getattr(e, "sqlite_errorname", "")
-        problem, advice = _UNUSABLE.get(name, (f"cannot be used ({e})", "see the log for details"))
-        raise DatabaseUnusable(path, problem, advice.replace("FILE", path)) from e
-    except BaseException:
-        if db is not None:
-            await db.close()
-        raise
-    return db
-
 
 # --- the store --------------------------------------------------------------------------------
 
@@ -143,9 +93,6 @@ _CONVERSATION_COLUMNS_QUALIFIED = ", ".join(
     f"conversations.{c}" for c in ("id", "platform", "chat", "thread", "created_at")
 )
 _CONVERSATION_WIDTH = 5
-IMAGES = "images"  # the bot's results, kept for good
-UPLOADS = "uploads"  # pictures users sent back, kept for [data] keep_uploads_days
-PRIVATE_DIR, PRIVATE_FILE = 0o700, 0o600
 _MAX_DEPTH = 100_000  # a guard against a hand-edited cycle; real chains are far shorter
 
 
@@ -205,7 +152,7 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
             if data_dir is None:
                 data_dir = path.parent
-        db = await _connect(str(path), busy_timeout_ms)
+        db = await connect(str(path), busy_timeout_ms)
         try:
             yield cls(db, data_dir, clock)
         finally:
@@ -679,7 +626,7 @@ class Store:
             (f"{UPLOADS}/%", cutoff),
         )
         known = {self._data_dir / row[1] for row in rows if self._data_dir is not None}
-        removed = await asyncio.to_thread(_remove_old_files, root, known, cutoff)
+        removed = await asyncio.to_thread(remove_old_files, root, known, cutoff)
         ids = [row[0] for row in rows]
         for start in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
             chunk = ids[start : start + 500]
@@ -704,46 +651,3 @@ class Store:
         """How an image path is stored: relative to the data directory, with / separators."""
         return self.image_file(path).relative_to(self._require_data_dir()).as_posix()
 
-
-# --- files on disk --------------------------------------------------------------------------
-
-
-def _remove_old_files(root: Path, known: set[Path], cutoff: float) -> int:
-    """Delete `known` files and any file under `root` last changed before `cutoff`."""
-    removed = 0
-    for path in known:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-            removed += 1
-    if root.is_dir():
-        for path in root.rglob("*"):
-            if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
-                path.unlink(missing_ok=True)
-                removed += 1
-    return removed
-
-
-def make_private(data_dir: Path, database: Path) -> int:
-    """Folders 0700 and files 0600 for what the bot keeps (the data folder, the database and its
-    journal files, images/, uploads/): prompts and pictures are nobody else's to read. Symlinks
-    are left alone. Returns how many modes were changed."""
-    changed = 0
-
-    def restrict(path: Path, mode: int) -> None:
-        nonlocal changed
-        if path.is_symlink() or not path.exists():
-            return
-        if path.stat().st_mode & 0o777 != mode:
-            path.chmod(mode)
-            changed += 1
-
-    restrict(data_dir, PRIVATE_DIR)
-    for suffix in ("", "-wal", "-shm", "-journal"):
-        restrict(database.with_name(database.name + suffix), PRIVATE_FILE)
-    for kept in (IMAGES, UPLOADS):
-        folder = data_dir / kept
-        restrict(folder, PRIVATE_DIR)
-        if folder.is_dir() and not folder.is_symlink():
-            for path in folder.rglob("*"):
-                restrict(path, PRIVATE_DIR if path.is_dir() else PRIVATE_FILE)
-    return changed

@@ -5,7 +5,10 @@
 One task per turn. The runner owns the table of turns in flight (and so the per-user cap's
 count: `in_flight`, `reserve`), cancels a turn by its id (the engine's job tag, or the task while
 the turn waits for its parent), resumes turns a crash left queued or running (editing their
-status messages in place) and announces results that were stored but never posted.
+status messages in place) and announces results that were stored but never posted (in the
+background, like a Retry press on a result the platform refused; one whose post may have gone
+out before a crash is not posted again: its status says so and offers Retry). A store write
+that fails ends the turn with the storage failure told to the user, and frees its slot.
 
 It knows the store, the engine and the port; the chat commands are the handler's.
 """
