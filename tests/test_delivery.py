@@ -5,6 +5,7 @@ with the turn freed. Through the real turn flow, with the in-memory platform's s
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import sqlite3
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from adapters.base import Button
+from adapters.base import Attachment, Button
 from bot.store import LinkRole, TurnStatus
 from bot.turns.handler import STORAGE_REFUSED
 from bot.turns.results import DELIVERY_FAILED, DELIVERY_RETRYING, MAYBE_POSTED
@@ -155,3 +156,28 @@ async def test_a_request_that_cannot_be_stored_is_refused_with_the_reason(
     finally:
         await app.__aexit__(None, None, None)
 
+
+
+async def test_a_picture_sent_back_onto_a_full_disk_is_refused_and_never_drawn_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app, bot = await open_bot(tmp_path)
+    try:
+        await bot.adapter.say(FIRST)
+        await bot.settle()
+        png = bot.adapter.posts("image")[0].post.image
+        assert png is not None
+        write_bytes = Path.write_bytes
+
+        def no_space(self: Path, data: Any) -> int:
+            if "uploads" in self.parts:
+                raise OSError(errno.ENOSPC, "No space left on device", str(self))
+            return write_bytes(self, data)
+
+        monkeypatch.setattr(Path, "write_bytes", no_space)
+        await bot.adapter.say("", attachments=(Attachment("turn-1.png", png.data, "image/png"),))
+        assert bot.adapter.texts()[-1] == STORAGE_REFUSED
+        assert (await bot.turn(2)).status == TurnStatus.FAILED  # not "running": a restart skips it
+        assert app.runner.in_flight("fake:alice") == 0
+    finally:
+        await app.__aexit__(None, None, None)

@@ -13,6 +13,7 @@ replies in the chat, `on_button` answers the presser privately.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 
@@ -244,15 +245,20 @@ class ChatHandler:
             status=TurnStatus.RUNNING,
         )
         # kept under uploads/, which [data] keep_uploads_days prunes; written off the event loop
-        path = self.store.new_image_path(turn.id, kept=UPLOADS)
-        await asyncio.to_thread(path.write_bytes, picture.data)
-        return await self.store.update_turn(
-            turn.id,
-            status=TurnStatus.DONE,
-            image_path=path,
-            assistant_text=f"```python\n{picture.code}```",
-            links=[(message.platform, message.chat, message.message_id, LinkRole.IMAGE)],
-        )
+        try:
+            path = self.store.new_image_path(turn.id, kept=UPLOADS)
+            await asyncio.to_thread(path.write_bytes, picture.data)
+            return await self.store.update_turn(
+                turn.id,
+                status=TurnStatus.DONE,
+                image_path=path,
+                assistant_text=f"```python\n{picture.code}```",
+                links=[(message.platform, message.chat, message.message_id, LinkRole.IMAGE)],
+            )
+        except Exception:  # e.g. a full disk: never left "running", which a restart would draw
+            with contextlib.suppress(Exception):
+                await self.store.update_turn(turn.id, status=TurnStatus.FAILED, error=STORAGE_REFUSED)
+            raise
 
     # --- buttons -------------------------------------------------------------------------------
 
