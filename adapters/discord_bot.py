@@ -1,11 +1,11 @@
 """Discord, through discord.py 2.x with application (slash) commands and persistent buttons.
 
 It translates, nothing more: Discord events become `Incoming`/`ButtonPress` for the bot's
-`Handler`, and the bot's `Post`s become Discord messages. It owns Discord's limits: 2000
-characters of content, 4096 of embed description, the 10 MiB file limit (a PNG too large is sent
-as JPEG), how often a message may be edited (`edit_interval`; the bot paces its edits to it), and
-mentions (allowed_mentions is empty on every message: the bot never
-pings anyone from user or model text).
+`Handler`, and the bot's `Post`s become Discord messages. It owns Discord's limits: 2000 characters
+of content, 4096 of embed description, the 10 MiB file limit (a PNG too large is sent as JPEG;
+attachments are read streamed and stopped at 10 MiB, whatever size they declare), how often a
+message may be edited (`edit_interval`; the bot paces its edits to it), and mentions
+(allowed_mentions is empty on every message: the bot never pings anyone from user or model text).
 
 Where a conversation lives (the store keys conversations by (platform, chat, thread) and message
 links by (platform, chat, message id)):
@@ -41,6 +41,7 @@ from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import aiohttp
 import discord
 from discord import app_commands
 
@@ -485,8 +486,9 @@ class DiscordAdapter:
                 else None
             )
             thread = await self._open_thread(message.channel, message.id, text, permissions)
-        attachments = await self._fetch_attachments(message.attachments)
-        if await self._skipped_large_files(message, chat, thread) and not text and not attachments:
+        attachments, larger_than_declared = await self._fetch_attachments(message.attachments)
+        skipped = await self._skipped_large_files(message, chat, thread, larger_than_declared)
+        if skipped and not text and not attachments:
             return  # nothing else in the message: the note is the whole answer
         await self._deliver(
             Incoming(
@@ -506,31 +508,50 @@ class DiscordAdapter:
             author=message.author,
         )
 
-    async def _skipped_large_files(self, message: discord.Message, chat: str, thread: str) -> bool:
-        """Tell the user which files were too large to read; True when there were any."""
+    async def _skipped_large_files(
+        self, message: discord.Message, chat: str, thread: str, found: Sequence[str] = ()
+    ) -> bool:
+        """Tell the user which files were too large to read (as declared, or `found` so while
+        reading them); True when there were any."""
         too_large = [a.filename for a in message.attachments if a.size > ATTACHMENT_FETCH_LIMIT]
+        too_large += found
         if too_large:
             note = (
-                f"I skipped {', '.join(too_large)}: I read files up to {ATTACHMENT_FETCH_LIMIT // 2**20} MiB."
+                f"That file is too large: I skipped {', '.join(too_large)} "
+                f"(I read files up to {ATTACHMENT_FETCH_LIMIT // 2**20} MiB)."
             )
             await self.send(chat, thread, Post(text=clipped(note, CONTENT_LIMIT), reply_to=str(message.id)))
         return bool(too_large)
 
-    async def _fetch_attachments(self, attachments: Sequence[discord.Attachment]) -> tuple[Attachment, ...]:
-        out = []
-        for attachment in attachments:
-            name = attachment.filename.lower()
-            if not name.endswith((".py", ".txt", ".png")) or attachment.size > ATTACHMENT_FETCH_LIMIT:
-                continue  # only canvas code and the bot's own PNGs mean anything to the bot
-            try:
-                data = await attachment.read()
-            except discord.HTTPException as e:
-                log.warning("could not download attachment %s: %s", attachment.filename, e)
-                continue
-            out.append(
-                Attachment(attachment.filename, data, attachment.content_type or "application/octet-stream")
-            )
-        return tuple(out)
+    async def _fetch_attachments(
+        self, attachments: Sequence[discord.Attachment]
+    ) -> tuple[tuple[Attachment, ...], list[str]]:
+        """The attachments the bot reads (canvas code, its own PNGs), and the names of those that
+        turned out larger than the limit while they were read. The size Discord declares is only
+        a claim: downloads are streamed and stopped at the limit, never read whole."""
+        wanted = [
+            a
+            for a in attachments
+            if a.filename.lower().endswith((".py", ".txt", ".png")) and a.size <= ATTACHMENT_FETCH_LIMIT
+        ]
+        if not wanted:
+            return (), []
+        out: list[Attachment] = []
+        too_large: list[str] = []
+        timeout = aiohttp.ClientTimeout(total=120, sock_connect=10)
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            for attachment in wanted:
+                try:
+                    data = await _read_capped(session, attachment.url, ATTACHMENT_FETCH_LIMIT)
+                except (aiohttp.ClientError, TimeoutError) as e:
+                    log.warning("could not download attachment %s: %s", attachment.filename, type(e).__name__)
+                    continue
+                if data is None:
+                    too_large.append(attachment.filename)
+                    continue
+                mime = attachment.content_type or "application/octet-stream"
+                out.append(Attachment(attachment.filename, data, mime))
+        return tuple(out), too_large
 
     # --- where things live -----------------------------------------------------------------------
 
@@ -791,6 +812,18 @@ class DiscordAdapter:
                 await interaction.response.send_message(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
                 return
         await interaction.followup.send(text, ephemeral=True, allowed_mentions=NO_MENTIONS)
+
+
+async def _read_capped(session: aiohttp.ClientSession, url: str, limit: int) -> bytes | None:
+    """A file's bytes, read in chunks and abandoned as soon as they pass `limit` (None then)."""
+    buffer = bytearray()
+    async with session.get(url) as response:
+        response.raise_for_status()
+        async for chunk in response.content.iter_chunked(64 * 1024):
+            buffer += chunk
+            if len(buffer) > limit:
+                return None  # leaving the block releases the connection: the rest is never read
+    return bytes(buffer)
 
 
 def replace_reply(post: Post) -> Post:

@@ -1,10 +1,11 @@
 """The composition root: the one place that knows every concrete class.
 
-`App` opens the store, builds the backends the config names (or takes injected ones: tests,
-benchmarks), starts the engine, builds the turn flow (bot/turns: the handler the adapters call and
-the runner that drives turns), resumes the turns a crash left unfinished, and shuts everything
-down in reverse order. Adapters are built here from plain values (a token, a URL), never from the
-whole Config.
+`App` makes the data folder private (umask 0o077 while it runs; what exists chmod-ed to 0700 and
+0600), opens the store, prunes old uploads (at start and daily, [data] keep_uploads_days), builds
+the backends the config names (or takes injected ones: tests, benchmarks), starts the engine,
+builds the turn flow (bot/turns: the handler the adapters call and the runner that drives turns),
+resumes the turns a crash left unfinished, and shuts everything down in reverse order. Adapters are
+built here from plain values (a token, a URL), never from the whole Config.
 
 Platform adapters are imported only when the config enables them (their libraries are optional
 extras); with none enabled, the terminal chat runs.
@@ -15,7 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import sqlite3
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -24,7 +27,7 @@ from typing import Any, Literal
 from adapters.base import Adapter
 from bot.config import Config
 from bot.policy import Policy
-from bot.store import Store
+from bot.store import Store, make_private
 from bot.turns.handler import ChatHandler
 from bot.turns.runner import TurnRunner
 from bot.turns.settings import SettingsBook, TurnSettings
@@ -34,6 +37,9 @@ from omost_engine.llm.base import LLMBackend
 from omost_engine.render.base import Renderer
 
 log = logging.getLogger(__name__)
+
+PRIVATE_UMASK = 0o077  # files 0600, folders 0700
+DAY_S = 24 * 3600.0
 
 
 def build_llm(config: Config) -> LLMBackend:
@@ -158,10 +164,18 @@ class App:
 
     async def _open(self) -> None:
         config = self.config
+        # 1. Private files: nothing the bot writes from here on is readable by other local users
+        # (prompts, pictures), and what an older version left readable is tightened.
+        previous_umask = os.umask(PRIVATE_UMASK)
+        self._stack.callback(os.umask, previous_umask)
         config.data.dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(make_private, config.data.dir, config.data.database)
         self.store = await self._stack.enter_async_context(
             Store.open(config.data.database, data_dir=config.data.dir)
         )
+        await self._prune_uploads()
+        pruning = asyncio.create_task(self._prune_daily())
+        self._stack.callback(pruning.cancel)
         self.engine = self._build_engine()
         await self.engine.start()
         self._stack.push_async_callback(self.engine.stop)
@@ -208,6 +222,21 @@ class App:
             job_timeout_s=config.queue.job_timeout_s,
             swap_models=swap_models_for(config),
         )
+
+    async def _prune_uploads(self) -> None:
+        """Delete the pictures users sent that are older than [data] keep_uploads_days."""
+        try:
+            removed = await self.store.prune_uploads(self.config.data.keep_uploads_days * DAY_S)
+        except (OSError, sqlite3.Error):  # a failed prune must not stop the bot; the next one retries
+            log.exception("could not prune old uploads")
+            return
+        if removed:
+            log.info("pruned %d upload(s) older than %g day(s)", removed, self.config.data.keep_uploads_days)
+
+    async def _prune_daily(self) -> None:
+        while True:
+            await asyncio.sleep(DAY_S)
+            await self._prune_uploads()
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

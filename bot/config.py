@@ -142,6 +142,9 @@ class _Section(BaseModel):
 class DataConfig(_Section):
     dir: Annotated[Path, Field(strict=False)] = Path("data")
     """Where the database and the images live. Relative paths are relative to the config file."""
+    keep_uploads_days: Annotated[float, Field(ge=0, le=36500)] = 30.0
+    """How long pictures users send back are kept (their canvas stays with the turn); 0 removes
+    them at the next prune. Pruned at start and once a day."""
 
     @property
     def database(self) -> Path:
@@ -409,7 +412,9 @@ def load_config(path: Path | str | None = None) -> Config:
     if path is None:
         if not DEFAULT_CONFIG_FILE.is_file():
             config = Config()
-            return config.model_copy(update={"data": DataConfig(dir=Path.cwd() / config.data.dir)})
+            return config.model_copy(
+                update={"data": config.data.model_copy(update={"dir": Path.cwd() / config.data.dir})}
+            )
         path = DEFAULT_CONFIG_FILE
     path = Path(path)
     source = str(path)
@@ -441,6 +446,6 @@ def parse_config(raw: bytes | str, *, source: str = "<config>", base_dir: Path |
     directory = config.data.dir.expanduser()
     if base_dir is not None and not directory.is_absolute():
         directory = base_dir / directory
-    config = config.model_copy(update={"data": DataConfig(dir=directory)})
+    config = config.model_copy(update={"data": config.data.model_copy(update={"dir": directory})})
     config._source = source
     return config

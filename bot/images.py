@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bot.datafiles import IMAGES, UPLOADS
 from bot.records import ImagePathError
 
 
@@ -23,14 +24,17 @@ class ImageFiles:
             raise ImagePathError("this store has no data directory for images")
         return self._data_dir
 
-    def new_image_path(self, turn_id: int, suffix: str = ".png") -> Path:
-        """Where a turn's image is written: <data dir>/images/<thousands>/<turn id><suffix>.
+    def new_image_path(self, turn_id: int, suffix: str = ".png", *, kept: str = IMAGES) -> Path:
+        """Where a turn's image is written: <data dir>/images/<thousands>/<turn id><suffix>, or
+        under uploads/ for a picture a user sent (`kept=UPLOADS`; those are pruned by age).
 
         The folder is created. Sharding by thousands keeps any one folder small.
         """
         if not suffix.startswith(".") or not suffix[1:].isalnum():
             raise ImagePathError(f"an image suffix is like '.png', not {suffix!r}")
-        folder = self._require_data_dir() / "images" / f"{turn_id // 1000:04d}"
+        if kept not in (IMAGES, UPLOADS):
+            raise ImagePathError(f"images are kept under {IMAGES!r} or {UPLOADS!r}, not {kept!r}")
+        folder = self._require_data_dir() / kept / f"{turn_id // 1000:04d}"
         folder.mkdir(parents=True, exist_ok=True)
         return folder / f"{turn_id}{suffix}"
 

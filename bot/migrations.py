@@ -105,6 +105,12 @@ async def m004_unfinished_turns_index(db: aiosqlite.Connection) -> None:
     await db.execute("CREATE INDEX turns_unfinished ON turns (id) WHERE status IN ('queued', 'running')")
 
 
+@migration
+async def m005_announcing_mark(db: aiosqlite.Connection) -> None:
+    # Set before a result is posted, so a restart can tell "never posted" from "may be posted".
+    await db.execute("ALTER TABLE turns ADD COLUMN announcing_at REAL")
+
+
 async def applied_migrations(db: aiosqlite.Connection) -> list[str]:
     await db.execute(
         "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL NOT NULL)"
@@ -151,7 +157,7 @@ async def immediate_transaction(db: aiosqlite.Connection) -> AsyncIterator[aiosq
 
 
 @migration
-async def m005_instance_id(db: aiosqlite.Connection) -> None:
+async def m006_instance_id(db: aiosqlite.Connection) -> None:
     # A random id for this database: the engine's job ids carry it, so bots that share a render
     # cluster (each with its own database, so its own turn 7) never take each other's jobs.
     await db.execute("CREATE TABLE instance (id TEXT NOT NULL)")

@@ -141,8 +141,10 @@ def _discord(error: BaseException, config: Config) -> str | None:
 
 
 def _database(error: BaseException, config: Config) -> str | None:
-    from bot.store import StoreError
+    from bot.store import DatabaseUnusable, StoreError
 
+    if isinstance(error, DatabaseUnusable):  # the store's own line: the file and what to do
+        return str(error)
     database = config.data.database
     fix = f"or point data.dir in {config.source} at another folder"
     if isinstance(error, sqlite3.OperationalError):

@@ -7,6 +7,8 @@ Errors:
     +-- TurnNotFound         no turn with that id
     +-- InvalidTransition    a status change the lifecycle does not allow (e.g. done -> running)
     +-- ImagePathError       an image path outside the data directory (or no data directory)
+    +-- DatabaseUnusable     the database file cannot be opened (not a database, damaged, locked,
+                             unreadable); its message names the file and what to do, on one line
 """
 
 from __future__ import annotations
@@ -39,6 +41,16 @@ class InvalidTransition(StoreError):
 
 class ImagePathError(StoreError):
     pass
+
+
+class DatabaseUnusable(StoreError):
+    """The database file cannot be used at all. The message is complete on its own (the file, what
+    is wrong with it, what to do), so a command line can print it as its one line."""
+
+    def __init__(self, path: str, problem: str, advice: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"the database {path} {problem}: {advice}")
 
 
 # --- values -----------------------------------------------------------------------------------
@@ -118,6 +130,9 @@ class Turn:
     """Relative to the data directory (posix separators); see Store.image_file."""
     created_at: float
     updated_at: float
+    announcing_at: float | None = None
+    """When the result post was last attempted and may have gone out; NULL when no post is under way
+    or the last one surely failed. With no image link, a set mark means: it may have been posted."""
 
 
 @dataclass(frozen=True)

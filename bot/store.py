@@ -3,7 +3,13 @@
 Owns the schema and its numbered migrations (recorded in `_migrations`, in the style of
 simonw/llm's migrations.py), the turn lifecycle (which status may follow which), the links from
 posted platform messages back to turns, per-user and per-chat settings, and where image files
-live under the data directory.
+live under the data directory: images/ for results (kept), uploads/ for the pictures users send
+back (`prune_uploads` deletes them by age). Opening a file that is no usable database raises
+DatabaseUnusable (one line: the file and what to do); the file work is bot/datafiles.py's.
+
+A result's post is guarded by the turn's announcing mark (`announcing_at`): set before it goes
+out, cleared when it surely failed; with its image link written after the post, a restart can
+tell a result never posted from one that may have been (`unannounced_turns`).
 
 Conversations are keyed by (platform, chat, thread); a thread may be "" (a Telegram private chat,
 the console). `/new` starts a fresh conversation under the same key, so a key maps to its latest
@@ -32,12 +38,14 @@ from typing import Any, NoReturn
 
 import aiosqlite
 
+from bot.datafiles import IMAGES, UPLOADS, connect, make_private, remove_old_files
 from bot.images import ImageFiles
-from bot.migrations import immediate_transaction, migrate
+from bot.migrations import immediate_transaction
 from bot.records import (  # re-exported: callers import the values from the store
     ALLOWED_TRANSITIONS,
     UNSET,
     Conversation,
+    DatabaseUnusable,
     ImagePathError,
     InvalidTransition,
     LinkRole,
@@ -54,8 +62,11 @@ from bot.records import (  # re-exported: callers import the values from the sto
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
+    "IMAGES",
     "UNSET",
+    "UPLOADS",
     "Conversation",
+    "DatabaseUnusable",
     "ImagePathError",
     "InvalidTransition",
     "LinkRole",
@@ -68,13 +79,14 @@ __all__ = [
     "TurnKind",
     "TurnNotFound",
     "TurnStatus",
+    "make_private",
 ]
 
 # --- the store --------------------------------------------------------------------------------
 
 _TURN_COLUMNS = (
     "id, conversation_id, parent_id, kind, owner, user_text, assistant_text, canvas_code, "
-    "status, error, seed, params, image_path, created_at, updated_at"
+    "status, error, seed, params, image_path, created_at, updated_at, announcing_at"
 )
 _TURN_COLUMNS_QUALIFIED = ", ".join("turns." + c.strip() for c in _TURN_COLUMNS.split(","))
 _TURN_WIDTH = len(_TURN_COLUMNS.split(","))
@@ -102,6 +114,7 @@ def _turn(row: Sequence[Any]) -> Turn:
         image_path=row[12],
         created_at=row[13],
         updated_at=row[14],
+        announcing_at=row[15],
     )
 
 
@@ -126,10 +139,13 @@ class Store(ImageFiles):
         *,
         data_dir: Path | None = None,
         clock: Callable[[], float] = time.time,
+        busy_timeout_ms: int = 5000,
     ) -> AsyncIterator[Store]:
         """Open (creating and migrating as needed) the database at `path` (":memory:" works).
 
-        Images live under `data_dir`, by default the database file's folder.
+        Images live under `data_dir`, by default the database file's folder. A file that cannot
+        be used (not a database, damaged, locked by another process for `busy_timeout_ms`,
+        unreadable) raises DatabaseUnusable, whose message says which file and what to do.
         """
         memory = str(path) == ":memory:"
         if not memory:
@@ -137,17 +153,15 @@ class Store(ImageFiles):
             path.parent.mkdir(parents=True, exist_ok=True)
             if data_dir is None:
                 data_dir = path.parent
-        # isolation_level=None: autocommit; transactions are explicit BEGIN ... COMMIT.
-        db = await aiosqlite.connect(str(path), isolation_level=None)
+        db = await connect(str(path), busy_timeout_ms)
         try:
-            await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("PRAGMA synchronous = NORMAL")
-            await db.execute("PRAGMA foreign_keys = ON")
-            await db.execute("PRAGMA busy_timeout = 5000")
-            await migrate(db)
             yield cls(db, data_dir, clock)
         finally:
             await db.close()
+
+    def now(self) -> float:
+        """The store's clock (what created_at and updated_at are written with)."""
+        return self._clock()
 
     @property
     def connection(self) -> aiosqlite.Connection:
@@ -319,6 +333,7 @@ class Store(ImageFiles):
         seed: int | _Unset | None = UNSET,
         params: Mapping[str, Any] | _Unset = UNSET,
         image_path: Path | str | _Unset | None = UNSET,
+        announcing_at: float | _Unset | None = UNSET,
         links: Sequence[LinkSpec] = (),
     ) -> Turn:
         """Change a turn's columns and, when `status` differs from the current one, its status;
@@ -333,6 +348,7 @@ class Store(ImageFiles):
             error=error,
             seed=seed,
             image_path=image_path,
+            announcing_at=announcing_at,
         )
         if params is not UNSET:
             sets.append("params = ?")
@@ -424,7 +440,8 @@ class Store(ImageFiles):
 
     async def unannounced_turns(self) -> list[Turn]:
         """Done turns with a picture but no posted image message: a crash came between storing
-        the result and announcing it. Oldest first, for announcing at start."""
+        the result and announcing it (or while announcing it: `announcing_at` is set then, and
+        the post may be out). Oldest first, for announcing at start."""
         rows = await self._rows(
             f"SELECT {_TURN_COLUMNS} FROM turns WHERE status = 'done' AND image_path IS NOT NULL "
             "AND NOT EXISTS (SELECT 1 FROM message_links "
@@ -578,3 +595,27 @@ class Store(ImageFiles):
         assert row is not None
         value: dict[str, Any] = json.loads(row[0])
         return value
+
+    # --- uploads ------------------------------------------------------------------------------
+
+    async def prune_uploads(self, older_than_s: float) -> int:
+        """Delete the pictures users sent that are older than `older_than_s` (their turns keep
+        the canvas; their image path is cleared), and stray upload files a crash left; returns
+        how many files went."""
+        root = self._require_data_dir() / UPLOADS
+        cutoff = self._clock() - older_than_s
+        rows = await self._rows(
+            "SELECT id, image_path FROM turns WHERE image_path LIKE ? AND created_at < ?",
+            (f"{UPLOADS}/%", cutoff),
+        )
+        known = {self._data_dir / row[1] for row in rows if self._data_dir is not None}
+        removed = await asyncio.to_thread(remove_old_files, root, known, cutoff)
+        ids = [row[0] for row in rows]
+        for start in range(0, len(ids), 500):  # under SQLite's bound-parameter limit
+            chunk = ids[start : start + 500]
+            async with self._transaction() as db:
+                await db.execute(
+                    f"UPDATE turns SET image_path = NULL WHERE id IN ({', '.join('?' for _ in chunk)})",
+                    chunk,
+                )
+        return removed

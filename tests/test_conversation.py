@@ -351,10 +351,12 @@ async def test_a_result_stored_but_never_announced_is_announced_at_start(tmp_pat
     app, bot = await open_bot(tmp_path, adapter=adapter)
     await bot.adapter.say(FIRST)
     await bot.settle()
-    # as if the process died between storing the result and posting it
+    # as if the process died with the result stored and surely not posted (no announcing mark:
+    # e.g. while waiting to try a failed post again)
     for sent in adapter.posts("image"):
         adapter.sent.remove(sent)
     await bot.store.connection.execute("DELETE FROM message_links WHERE role IN ('image', 'code')")
+    await bot.store.connection.execute("UPDATE turns SET announcing_at = NULL")
     await app.__aexit__(None, None, None)
 
     app2, bot2 = await open_bot(tmp_path, adapter=adapter)

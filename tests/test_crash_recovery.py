@@ -17,10 +17,10 @@ ROOT = Path(__file__).resolve().parents[1]
 FIRST = next(m["content"] for m in seed_messages() if m["role"] == "user")
 
 
-def _bot(data_dir: Path, step_delay: float) -> subprocess.Popen[str]:
+def _bot(data_dir: Path, step_delay: float, *extra: str) -> subprocess.Popen[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.console_bot", str(data_dir), str(step_delay)],
+        [sys.executable, "-m", "tests.fakes.console_bot", str(data_dir), str(step_delay), *extra],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -44,9 +44,8 @@ def _restart(data_dir: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_sigkill_mid_render_then_restart_finishes_the_turn_once(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    first = _bot(data, step_delay=1.0)
+def _kill_when(first: subprocess.Popen[str], marker: str) -> list[str]:
+    """Send the first request, read until a line holds `marker`, then SIGKILL; the lines seen."""
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in first.stdout], daemon=True).start()  # type: ignore[union-attr]
     assert first.stdin is not None
@@ -60,13 +59,19 @@ def test_sigkill_mid_render_then_restart_finishes_the_turn_once(tmp_path: Path) 
         except queue.Empty:
             continue
         seen.append(line)
-        if "drawing" in line:
+        if marker in line:
             break
     else:
         first.kill()
-        raise AssertionError("the bot never started drawing:\n" + "".join(seen))
+        raise AssertionError(f"the bot never printed {marker!r}:\n" + "".join(seen))
     first.kill()  # SIGKILL: no cleanup, no goodbye
     first.wait(10)
+    return seen
+
+
+def test_sigkill_mid_render_then_restart_finishes_the_turn_once(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _kill_when(_bot(data, step_delay=1.0), "drawing")
 
     db_files = list(data.glob("*.sqlite3")) + list(data.glob("*.db"))
     assert db_files, "the store was never written"
@@ -97,3 +102,21 @@ def test_sigkill_mid_render_then_restart_finishes_the_turn_once(tmp_path: Path) 
     # and a third start finds nothing left to do
     third = _restart(data)
     assert third.returncode == 0 and "Turn 1" not in third.stdout
+
+
+def test_sigkill_between_posting_and_linking_never_posts_twice(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    seen = _kill_when(_bot(data, 0.0, "stall-links"), "linking…")
+    # the layout preview and the result were posted, then the kill
+    assert sum("image: " in line for line in seen) == 2 and any("/images/" in line for line in seen)
+
+    second = _restart(data)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "image: " not in second.stdout  # not posted a second time
+    assert "may be above already" in second.stdout and "press Retry" in second.stdout
+    db = sqlite3.connect(next(data.glob("*.sqlite3")))
+    assert db.execute("SELECT status, announcing_at IS NOT NULL FROM turns WHERE id = 1").fetchone() == (
+        "done",
+        1,
+    )
+    db.close()

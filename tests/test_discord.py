@@ -637,3 +637,18 @@ async def test_corrections_are_shown_in_the_result(tmp_path: Path, fake: FakeDis
         await fake.say(code, channel_id=dm)
         [result] = await settle(app, fake, 1, dm)
         assert f"“{location}x” → “{location}”" in result["embeds"][0]["description"]
+
+
+async def test_an_attachment_larger_than_declared_is_not_read_whole(tmp_path: Path, fake: FakeDiscord) -> None:
+    llm = FakeLLM()
+    async with running_bot(tmp_path, fake, llm=llm) as app:
+        dm = int(fake.dm_channel(1001)["id"])
+        big = b"#" * (32 * 1024 * 1024)
+        message = await fake.say("", channel_id=dm, files=[("scene.py", big)], declared_size=1000)
+        [answer] = await fake.wait_for(lambda: fake.sent(dm))
+        assert answer["content"].startswith("That file is too large") and "scene.py" in answer["content"]
+        await asyncio.sleep(0.3)  # whatever the server still pushed after the bot hung up
+        [attachment] = message["attachments"]
+        assert fake.bytes_served[attachment["id"]] < len(big) // 2
+        await asyncio.wait_for(app.runner.drain(), 20)
+        assert await app.store.find_turn(1) is None and llm.calls == []

@@ -529,3 +529,35 @@ async def test_corrections_are_shown_in_the_result(tmp_path: Path, tg: FakeTeleg
         tg.user_message(ALICE, code)
         (result,) = await bot.results_in(ALICE, 1)
         assert f"“{location}x” → “{location}”" in result.text
+
+
+async def test_a_result_photo_refused_six_times_is_posted_on_the_next_try(
+    tmp_path: Path, tg: FakeTelegram
+) -> None:
+    from bot.turns.results import DELIVERY_RETRYING
+
+    async with telegram_bot(tmp_path, tg) as bot:
+        bot.app.runner.delivery_delays_s = (0.3,)
+        # every one of the adapter's six tries of the result photo answers 500 (the layout
+        # preview, which has no keyboard, goes through)
+        tg.fail("sendPhoto", "500", times=6, with_keyboard=True)
+        tg.user_message(ALICE, FIRST)
+        (result,) = await bot.results_in(ALICE, 1)
+        assert tg.faults_fired.count(("sendPhoto", "500")) == 6
+        (status,) = await bot.statuses_done(ALICE)
+        assert any(DELIVERY_RETRYING in text for text in status.shown)
+        assert not any("went wrong" in text for text in status.shown)
+        assert result.buttons == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1"]
+        assert len(bot.previews(ALICE)) == 1  # nothing was posted twice
+
+
+async def test_a_document_larger_than_declared_is_not_read_whole(tmp_path: Path, tg: FakeTelegram) -> None:
+    async with telegram_bot(tmp_path, tg) as bot:
+        bot.adapter.max_download_bytes = 2**20
+        big = b"#" * (32 * 2**20)
+        tg.user_message(ALICE, "", document=("scene.py", big, "text/x-python"), declared_size=1000)
+        answer = await bot.reply_in(ALICE, 1)
+        assert answer == "That file is too large (the limit is 1 MB)."
+        await asyncio.sleep(0.3)  # whatever the server still pushed after the bot hung up
+        assert tg.bytes_served["documents/scene.py"] < len(big) // 2
+        assert await bot.app.store.find_turn(1) is None and bot.llm.calls == []

@@ -12,17 +12,19 @@ replies in the chat, `on_button` answers the presser privately.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import random
 
 from adapters.base import Adapter, ButtonPress, Choice, Incoming, Post, clipped
 from bot.policy import EMPTY_REQUEST_MESSAGE, Policy, is_blank
-from bot.store import Conversation, LinkRole, Store, Turn, TurnKind, TurnStatus
+from bot.store import UPLOADS, Conversation, LinkRole, Store, Turn, TurnKind, TurnStatus
 from bot.turns.errors import UserError
 from bot.turns.live import owner_key
 from bot.turns.requests import PictureOfOurs, Resolver, canvas_source, chat_key
 from bot.turns.results import canvas_of
-from bot.turns.runner import TurnRunner
+from bot.turns.runner import TurnRunner, storage_failed
 from bot.turns.settings import SettingsBook, TurnSettings, parse_changes, settings_from_render_params
 from omost_engine.canvas import Canvas, CanvasError
 from omost_engine.canvas_code import parse
@@ -45,6 +47,10 @@ HIRES_BUTTON_SCALE = 1.5
 ZOOM_OUT_STEP = 1.5
 MAX_CHOICES = 25  # Discord's select menus hold 25 options
 CHOICE_LABEL_LIMIT = 60
+STORAGE_REFUSED = (
+    "I could not save your request: the bot's storage is failing (the disk may be full). "
+    "Try again later; the bot's admin can find the details in the log."
+)
 NOT_YOURS = "Only the person who asked for this picture (or an admin) can cancel it."
 NOT_YOURS_TO_VARY = "Only the person who asked for this picture (or an admin) can redraw part of it."
 
@@ -80,6 +86,11 @@ class ChatHandler:
             reply = await self._route(adapter, message)
         except UserError as e:
             reply = e.reply
+        except Exception as e:
+            if not storage_failed(e):
+                raise
+            log.exception("could not store a request from %s/%s", message.platform, message.chat)
+            reply = STORAGE_REFUSED
         if reply is None:
             return
         post = reply if isinstance(reply, Post) else Post(text=reply)
@@ -240,15 +251,21 @@ class ChatHandler:
             params=settings.stored(),
             status=TurnStatus.RUNNING,
         )
-        path = self.store.new_image_path(turn.id)
-        path.write_bytes(picture.data)
-        return await self.store.update_turn(
-            turn.id,
-            status=TurnStatus.DONE,
-            image_path=path,
-            assistant_text=f"```python\n{picture.code}```",
-            links=[(message.platform, message.chat, message.message_id, LinkRole.IMAGE)],
-        )
+        # kept under uploads/, which [data] keep_uploads_days prunes; written off the event loop
+        try:
+            path = self.store.new_image_path(turn.id, kept=UPLOADS)
+            await asyncio.to_thread(path.write_bytes, picture.data)
+            return await self.store.update_turn(
+                turn.id,
+                status=TurnStatus.DONE,
+                image_path=path,
+                assistant_text=f"```python\n{picture.code}```",
+                links=[(message.platform, message.chat, message.message_id, LinkRole.IMAGE)],
+            )
+        except Exception:  # e.g. a full disk: never left "running", which a restart would draw
+            with contextlib.suppress(Exception):
+                await self.store.update_turn(turn.id, status=TurnStatus.FAILED, error=STORAGE_REFUSED)
+            raise
 
     # --- buttons -------------------------------------------------------------------------------
 
@@ -258,6 +275,11 @@ class ChatHandler:
             return await self._press(adapter, press)
         except UserError as e:
             return e.reply
+        except Exception as e:
+            if not storage_failed(e):
+                raise
+            log.exception("could not store a button press in %s/%s", press.platform, press.chat)
+            return STORAGE_REFUSED
 
     async def _press(self, adapter: Adapter, press: ButtonPress) -> str | None:
         found = await self.store.turn_in_conversation(press.turn_id)
@@ -267,6 +289,8 @@ class ChatHandler:
         presser = owner_key(press.platform, press.user)
         if press.action == "cancel":
             return self._cancel_press(turn, presser, press)
+        if press.action == "retry" and turn.status == TurnStatus.DONE:
+            return await self._post_again(turn, press)
         decision = self.policy.decide(
             press.platform,
             press.user,
@@ -297,6 +321,23 @@ class ChatHandler:
         return presser == turn.owner or any(
             self.policy.is_admin(press.platform, who) for who in (press.user, *press.roles)
         )
+
+    async def _post_again(self, turn: Turn, press: ButtonPress) -> str:
+        """Retry on a turn drawn but never posted: post the stored picture (no GPU time, so no
+        cap; the presser's access and rate limit still apply)."""
+        for decision in (
+            self.policy.check_access(
+                press.platform, press.user, press.chat, places=(press.thread, press.guild), roles=press.roles
+            ),
+            self.policy.check_rate(press.platform, press.user, record=True),
+        ):
+            if not decision.allowed:
+                raise UserError(decision.message)
+        if turn.image_path is None or await self.store.messages_for_turn(turn.id, LinkRole.IMAGE):
+            raise UserError("That picture was posted already.")
+        if not self.runner.announce_again(turn):
+            return "That picture is on its way."
+        return "Posting it again…"
 
     def _cancel_press(self, turn: Turn, presser: str, press: ButtonPress) -> str:
         if not self._owner_or_admin(turn, presser, press):

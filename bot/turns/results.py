@@ -4,7 +4,10 @@
 - `store_result`: the rendered image written to the data dir and the turn marked done, before
   anything is announced (crash recovery announces a stored result that was never posted).
 - `announce`: the result post (image, a one-line change summary against the parent canvas, the
-  canvas code as a .py file, the buttons) with every message it made linked to the turn.
+  canvas code as a .py file, the buttons) with every message it made linked to the turn, behind
+  an announcing mark so that a restart never posts a result twice.
+- `deliver`: `announce`, tried again with backoff while the platform fails the post, the status
+  saying so ("I drew it but could not post it; retrying…"), then a Retry button.
 
 It knows the port, the store and the canvas; it never talks to the engine.
 """
@@ -14,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from adapters.base import Adapter, Button, ButtonAction, OutFile, Post
@@ -25,7 +30,15 @@ from omost_engine.preview import render_layout_preview
 from omost_engine.render.base import RenderResult
 from omost_engine.render.metadata import encode_png, png_metadata
 
+log = logging.getLogger(__name__)
+
 RESULT_BUTTONS: tuple[ButtonAction, ...] = ("seed", "rewrite", "hires", "vary", "zoom")
+DELIVERY_RETRYING = "I drew it but could not post it; retrying…"
+DELIVERY_FAILED = "I drew it but could not post it. Press Retry to try again."
+MAYBE_POSTED = (
+    "done, I think: I was restarted while posting this picture, so it may be above already. "
+    "If it is not, press Retry."
+)
 
 
 @functools.lru_cache(maxsize=256)
@@ -145,22 +158,30 @@ def _encode_and_write(result: RenderResult, metadata: dict[str, str], path: Path
 
 
 async def store_result(live: LiveTurn, result: RenderResult, model_name: str) -> bytes:
-    """Write the picture (with the canvas and settings in its metadata) and mark the turn done."""
+    """Write the picture (with the canvas and settings in its metadata) and mark the turn done.
+
+    The same write sets the announcing mark, since the result post follows at once: a crash from
+    here until its messages are linked leaves a result that may have been posted, which a restart
+    does not post again (see `announce`). It costs no round trip of its own."""
     code = live.turn.canvas_code or ""
     # the renderer's chunks, with the turn's own canvas code and settings taking precedence
     metadata = {**result.metadata, **png_metadata(code, result.params, result.model or model_name)}
     path = live.store.new_image_path(live.turn.id)
     data = await asyncio.to_thread(_encode_and_write, result, metadata, path)
-    await live.save(status=TurnStatus.DONE, image_path=path)
+    await live.save(status=TurnStatus.DONE, image_path=path, announcing_at=live.store.now())
     return data
 
 
-async def announce(
-    adapter: Adapter, store: Store, live: LiveTurn, canvas: Canvas, data: bytes | None = None
-) -> None:
-    """Post a done turn's result and link every message it made to the turn."""
+class NotPosted(Exception):
+    """The platform failed the result post even after the adapter's own retries. Nothing was
+    posted (the adapters' sends fail before they take effect), so posting again cannot duplicate it."""
+
+
+async def _result_post(store: Store, live: LiveTurn, canvas: Canvas, data: bytes | None) -> Post:
+    """The result post: the image, its change summary and settings, the code file, the buttons."""
     turn, settings = live.turn, live.settings
-    assert turn.image_path is not None
+    if turn.image_path is None:
+        raise ValueError(f"turn {turn.id} has no picture to post")
     path = store.image_file(turn.image_path)
     if data is None:
         data = await asyncio.to_thread(path.read_bytes)
@@ -180,7 +201,7 @@ async def announce(
     files = [code_file(turn)]
     if settings.png:
         files.append(image)
-    post = Post(
+    return Post(
         text=summary,
         image=image,
         files=tuple(files),
@@ -188,10 +209,59 @@ async def announce(
         role="image",
         turn_id=turn.id,
     )
-    refs = await adapter.send(live.conversation.chat, live.conversation.thread, post)
+
+
+async def announce(
+    adapter: Adapter, store: Store, live: LiveTurn, canvas: Canvas, data: bytes | None = None
+) -> None:
+    """Post a done turn's result and link every message it made to the turn.
+
+    The announcing mark is set before the post goes out (unless `store_result` set it) and
+    cleared when the post surely failed (`NotPosted`); the links are written after it. So at a
+    restart, a done turn with no image link and no mark was never posted (it is posted then),
+    and one with the mark may have been (it is not posted again: a duplicate is worse than a
+    Retry press)."""
+    post = await _result_post(store, live, canvas, data)
+    if live.turn.announcing_at is None:
+        await live.save(announcing_at=store.now())
+    try:
+        refs = await adapter.send(live.conversation.chat, live.conversation.thread, post)
+    except Exception as e:
+        await live.save(announcing_at=None)
+        raise NotPosted(f"turn {live.id}: the result post failed: {e!r}") from e
     roles = [LinkRole.IMAGE] + [LinkRole.CODE] * (len(refs) - 1)
     await store.link_messages(
-        turn.id,
+        live.id,
         [(ref.platform, ref.chat, ref.message_id, role) for ref, role in zip(refs, roles, strict=True)],
     )
-    await live.status.finish(Post(text=f"Turn {turn.id}: done."))
+    await live.status.finish(Post(text=f"Turn {live.id}: done."))
+
+
+async def deliver(
+    live: LiveTurn, canvas: Canvas, data: bytes | None = None, *, delays_s: Sequence[float] = ()
+) -> bool:
+    """Announce a stored result, trying again after each of `delays_s` while the post fails, with
+    the status saying so; in the end, a Retry button that announces it again. True once posted."""
+    attempts = len(delays_s) + 1
+    for attempt in range(attempts):
+        try:
+            await announce(live.adapter, live.store, live, canvas, data)
+            return True
+        except NotPosted as e:
+            last = attempt == attempts - 1
+            # the detail for the log, once per try; the trace only with the last one
+            log.warning("%s (try %d of %d)", e, attempt + 1, attempts, exc_info=last)
+        if attempt < len(delays_s):
+            await live.show(f"{DELIVERY_RETRYING} (try {attempt + 2} of {attempts})", now=True)
+            await asyncio.sleep(delays_s[attempt])
+    await live.status.finish(
+        Post(text=f"Turn {live.id}: {DELIVERY_FAILED}", buttons=(Button("retry", live.id),))
+    )
+    return False
+
+
+async def show_maybe_posted(live: LiveTurn) -> None:
+    """A restart found the result post under way: say so, and offer Retry instead of posting."""
+    await live.status.finish(
+        Post(text=f"Turn {live.id}: {MAYBE_POSTED}", buttons=(Button("retry", live.id),))
+    )

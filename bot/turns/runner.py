@@ -5,7 +5,10 @@
 One task per turn. The runner owns the table of turns in flight (and so the per-user cap's
 count: `in_flight`, `reserve`), cancels a turn by its id (the engine's job tag, or the task while
 the turn waits for its parent), resumes turns a crash left queued or running (editing their
-status messages in place) and announces results that were stored but never posted.
+status messages in place) and announces results that were stored but never posted (in the
+background, like a Retry press on a result the platform refused; one whose post may have gone
+out before a crash is not posted again: its status says so and offers Retry). A store write
+that fails ends the turn with the storage failure told to the user, and frees its slot.
 
 It knows the store, the engine and the port; the chat commands are the handler's.
 """
@@ -13,13 +16,15 @@ It knows the store, the engine and the port; the chat commands are the handler's
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
+import sqlite3
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from adapters.base import Adapter, MessageRef
+from adapters.base import Adapter, Button, MessageRef, Post
 from bot.config import LLMConfig
 from bot.policy import Policy
 from bot.store import Conversation, LinkRole, Store, Turn, TurnKind, TurnStatus
@@ -55,6 +60,21 @@ WRITING = "writing the canvas…"
 REPAIRING = "the answer did not parse ({error}); asking the model once more…"
 CANCELLED_BY_USER = "cancelled by the user"
 SOMETHING_WENT_WRONG = "Something went wrong on my side; the bot's admin can find the details in the log."
+STORAGE_FAILED = (
+    "I could not save this turn: the bot's storage is failing (the disk may be full). "
+    "The bot's admin can find the details in the log; try again later."
+)
+DELIVERY_DELAYS_S = (5.0, 15.0, 45.0, 120.0)
+"""Waits before posting a stored result again when the platform failed the post (after the
+adapter's own retries): about three minutes in all, then the status offers Retry."""
+_FULL_DISK = {errno.ENOSPC, errno.EDQUOT, errno.EROFS}
+
+
+def storage_failed(error: BaseException) -> bool:
+    """The store or the data folder could not be written (a full disk, a read-only file system)."""
+    if isinstance(error, sqlite3.Error):
+        return True
+    return isinstance(error, OSError) and error.errno in _FULL_DISK
 
 
 def _eta(seconds: float | None) -> str:
@@ -83,6 +103,7 @@ class TurnRunner:
         llm: LLMConfig,
         model_name: str,
         instance: str = "bot",
+        delivery_delays_s: Sequence[float] = DELIVERY_DELAYS_S,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -91,9 +112,12 @@ class TurnRunner:
         self.llm = llm
         self.model_name = model_name
         self.instance = instance  # in every job id: bots sharing a render cluster never collide
+        self.delivery_delays_s = tuple(delivery_delays_s)
         self.adapters: dict[str, Adapter] = {}
         self._flight: dict[int, _InFlight] = {}
         self._reserved: Counter[str] = Counter()
+        self._announcing: dict[int, asyncio.Task[None]] = {}  # stored results being posted again
+        self._side_tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 
     # --- the table of turns in flight ------------------------------------------------------------
@@ -118,6 +142,10 @@ class TurnRunner:
         mine = [turn_id for turn_id, f in self._flight.items() if f.live.turn.owner == owner]
         return max(mine) if mine else None
 
+    def posting(self, turn_id: int) -> bool:
+        """Whether a stored result of this turn is being posted again right now."""
+        return turn_id in self._announcing
+
     def owner_of(self, turn_id: int) -> str | None:
         flight = self._flight.get(turn_id)
         return flight.live.turn.owner if flight is not None else None
@@ -126,22 +154,25 @@ class TurnRunner:
         """Cancel a turn in flight: its engine job (by tag), or its task while it has none."""
         flight = self._flight.get(turn_id)
         if flight is None:
-            return False
+            posting = self._announcing.get(turn_id)
+            if posting is not None:  # a stored result being posted again: stop trying
+                posting.cancel()
+            return posting is not None
         if not self.engine.cancel_tagged(str(turn_id), reason) and flight.task is not None:
             flight.task.cancel()
         return True
 
     async def drain(self) -> None:
         """Wait until every turn in flight has finished (the terminal chat's end of input)."""
-        while self._flight:
+        while self._flight or self._side_tasks:
             tasks = [f.task for f in self._flight.values() if f.task is not None]
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._side_tasks, return_exceptions=True)
 
     async def close(self) -> None:
         """Shut down: the turns in flight stop here but stay queued or running in the store, so
         the next start resumes them (a render cluster's jobs go on meanwhile)."""
         self._closing = True
-        tasks = [f.task for f in self._flight.values() if f.task is not None]
+        tasks = [f.task for f in self._flight.values() if f.task is not None] + list(self._side_tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -190,18 +221,50 @@ class TurnRunner:
             self.start(live, parent)
             resumed += 1
         for turn in await self.store.unannounced_turns():
+            if turn.announcing_at is not None:  # it may be posted: say so, never post it twice
+                live = await self._restore(turn)
+                if live is not None:
+                    await results.show_maybe_posted(live)
+            elif not self.announce_again(turn):
+                continue
+            resumed += 1
+        return resumed
+
+    def announce_again(self, turn: Turn) -> bool:
+        """Post a stored result that was never posted (a restart, a Retry press), in the background
+        with the usual retries. False when it is already being posted (or its turn is in flight)."""
+        if turn.id in self._flight or turn.id in self._announcing:
+            return False
+        # registered before any await: two presses cannot both start one
+        task = self._announcing[turn.id] = asyncio.create_task(self._announce_again(turn))
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+        return True
+
+    async def _announce_again(self, turn: Turn) -> None:
+        live: LiveTurn | None = None
+        try:
             live = await self._restore(turn)
             canvas = results.canvas_of(turn)
             if live is None or canvas is None:
-                continue
+                log.warning("turn %s: its stored result cannot be posted again here", turn.id)
+                return
             parent = await self.store.find_turn(turn.parent_id) if turn.parent_id is not None else None
             live.parent_canvas = results.canvas_of(parent)
-            try:
-                await results.announce(live.adapter, self.store, live, canvas)
-                resumed += 1
-            except Exception:
-                log.exception("turn %s: could not announce its stored result", turn.id)
-        return resumed
+            await results.deliver(live, canvas, delays_s=self.delivery_delays_s)
+        except asyncio.CancelledError:
+            if live is not None:
+                await live.status.finish(
+                    Post(text=f"Turn {turn.id}: posting cancelled.", buttons=(Button("retry", turn.id),))
+                )
+            raise
+        except Exception as e:
+            if live is None:
+                log.exception("turn %s: could not post its stored result", turn.id)
+            else:
+                await self._failed(live, e)
+        finally:
+            self._announcing.pop(turn.id, None)
 
     async def _restore(self, turn: Turn) -> LiveTurn | None:
         """A live turn for a stored one (after a restart), with its status message to edit."""
@@ -240,19 +303,29 @@ class TurnRunner:
             if not self._closing:  # cancelled for its own sake (e.g. while waiting for its parent)
                 await self._end_quietly(live, TurnStatus.CANCELLED, "Cancelled.")
             raise
-        except Exception:  # the turn fails; the bot goes on (the detail is for the log only)
-            log.exception("turn %s failed", live.id)
-            await self._end_quietly(live, TurnStatus.FAILED, SOMETHING_WENT_WRONG)
+        except Exception as e:  # the turn fails; the bot goes on (the detail is for the log only)
+            await self._failed(live, e)
         finally:
             flight.answered.set()  # a child waiting on a turn that ended without an answer goes on
             self._flight.pop(live.id, None)
 
+    async def _failed(self, live: LiveTurn, error: Exception) -> None:
+        log.error("turn %s failed", live.id, exc_info=error)
+        if storage_failed(error):
+            await self._end_quietly(live, TurnStatus.FAILED, STORAGE_FAILED)
+        else:
+            await self._end_quietly(live, TurnStatus.FAILED, SOMETHING_WENT_WRONG)
+
     @staticmethod
     async def _end_quietly(live: LiveTurn, state: TurnStatus, text: str) -> None:
+        """End the turn; when its end cannot be written, still tell the user (with the storage
+        failure: nothing is left saying "queued…") and leave the row for the next start."""
         try:
             await live.end(state, text, retry=True)
-        except Exception:
+        except Exception as e:
             log.exception("turn %s: could not record its end", live.id)
+            final = STORAGE_FAILED if storage_failed(e) else text
+            await live.status.finish(Post(text=f"Turn {live.id}: {final}"))
 
     def job_id(self, live: LiveTurn, kind: str) -> str:
         """Deterministic per turn, kind and run: a restarted bot submitting a turn again attaches
@@ -398,7 +471,7 @@ class TurnRunner:
                 )
             elif isinstance(event, Finished) and isinstance(event.result, RenderResult):
                 data = await results.store_result(live, event.result, self.model_name)
-                await results.announce(live.adapter, self.store, live, canvas, data)
+                await results.deliver(live, canvas, data, delays_s=self.delivery_delays_s)
             elif isinstance(event, Failed | Cancelled):
                 await self._job_ended(live, event)
 

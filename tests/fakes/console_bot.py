@@ -1,6 +1,9 @@
 """The terminal chat with fake backends, as a process of its own: what the crash test kills.
 
-python -m tests.fakes.console_bot DATA_DIR STEP_DELAY_S
+python -m tests.fakes.console_bot DATA_DIR STEP_DELAY_S [stall-links]
+
+With `stall-links`, linking a posted result never finishes (it prints "linking…" first), so the
+test can kill the process between posting a result and linking it.
 """
 
 from __future__ import annotations
@@ -11,11 +14,19 @@ from pathlib import Path
 
 from bot.commands.chat import chat
 from bot.config import parse_config
+from bot.store import Store
 from tests.fakes.fake_backends import FakeLLM, FakeRenderer
+
+
+async def _stalled(*_: object, **__: object) -> None:
+    print("linking…", flush=True)
+    await asyncio.Event().wait()
 
 
 def main() -> int:
     data_dir, step_delay = Path(sys.argv[1]), float(sys.argv[2])
+    if sys.argv[3:] == ["stall-links"]:
+        Store.link_messages = _stalled  # type: ignore[method-assign]
     config = parse_config(
         f'[data]\ndir = "{data_dir}"\n[render]\nwidth = 128\nheight = 128\nsteps = 6\n'
         '[queue]\nswap_models = "never"\n',

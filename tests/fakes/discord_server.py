@@ -101,6 +101,7 @@ class FakeDiscord:
         self.commands: dict[str, list[dict[str, Any]]] = {}  # "global" or guild id -> registered
         self.expired_tokens: set[str] = set()
         self.faults: list[Fault] = []
+        self.bytes_served: dict[str, int] = {}  # attachment id -> bytes its last download sent
         self.identifies = 0
         self.resumes = 0
         self._ids = itertools.count(int(time.time() * 1000) << 22)  # snowflake-shaped, increasing
@@ -435,14 +436,20 @@ class FakeDiscord:
         reply_to: int | None = None,
         mention_bot: bool = False,
         files: list[tuple[str, bytes]] | None = None,
+        declared_size: int | None = None,
     ) -> dict[str, Any]:
         """A user posts a message (MESSAGE_CREATE), with `files` (name, bytes) uploaded as its
-        attachments (served from the fake CDN); returns it."""
+        attachments (served from the fake CDN); returns it. `declared_size` makes every
+        attachment claim that size while its file is what it is (`bytes_served` counts what a
+        download really sent)."""
         channel = self.channels[channel_id]
         user = self.user(user_id)
         message = self._message(channel_id, user, content)
         message["mentions"] = [self.bot_user] if mention_bot else []
         message["attachments"] = self._attachments(files or [])
+        if declared_size is not None:
+            for attachment in message["attachments"]:
+                attachment["size"] = declared_size
         if reply_to is not None:
             message["type"] = 19
             message["message_reference"] = {"message_id": str(reply_to), "channel_id": str(channel_id)}
@@ -493,13 +500,27 @@ class FakeDiscord:
             event["guild_id"] = message["guild_id"]
         await self._send_event("MESSAGE_DELETE", event)
 
-    async def _attachment(self, request: web.Request) -> web.Response:
+    async def _attachment(self, request: web.Request) -> web.StreamResponse:
         wanted = request.match_info["id"]
         for message in self.messages.values():
             for attachment in message["attachments"]:
                 if attachment["id"] == wanted:
-                    return web.Response(body=attachment["_data"])
+                    return await self._stream(request, wanted, attachment["_data"])
         return web.Response(status=404)
+
+    async def _stream(self, request: web.Request, key: str, data: bytes) -> web.StreamResponse:
+        """The file in 64 KiB chunks (no Content-Length), counting what was really sent."""
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        self.bytes_served[key] = 0
+        try:
+            for start in range(0, len(data), 65536):
+                await response.write(data[start : start + 65536])
+                self.bytes_served[key] += len(data[start : start + 65536])
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client stopped reading: what was sent is counted
+        return response
 
     # --- REST ----------------------------------------------------------------------------------
 

@@ -21,7 +21,9 @@ class Sent:
 
 class FakeAdapter:
     """`platform` is configurable so two adapters can share a store; `edit_fails` makes edits of
-    those message ids answer with a new message, as a platform does for a message too old to edit."""
+    those message ids answer with a new message, as a platform does for a message too old to edit;
+    `fail_sends(role, times)` makes the next `times` posts of that role fail before anything is
+    posted, as a platform answering 500 does once the adapter's own retries are spent."""
 
     def __init__(self, platform: str = "fake", min_edit_interval: float = 0.0) -> None:
         self.platform = platform
@@ -30,6 +32,8 @@ class FakeAdapter:
         self.sent: list[Sent] = []
         self.handler: Handler | None = None
         self.edit_fails: set[str] = set()
+        self.send_failures: dict[str, int] = {}  # post role -> failures still to come
+        self.failed_sends: list[Post] = []
         self._ids = itertools.count(1000)
 
     def edit_interval(self, chat: str) -> float:
@@ -41,7 +45,14 @@ class FakeAdapter:
     async def stop(self) -> None:
         self.handler = None
 
+    def fail_sends(self, role: str, times: int) -> None:
+        self.send_failures[role] = self.send_failures.get(role, 0) + times
+
     async def send(self, chat: str, thread: str, post: Post) -> list[MessageRef]:
+        if self.send_failures.get(post.role, 0) > 0:
+            self.send_failures[post.role] -= 1
+            self.failed_sends.append(post)
+            raise ConnectionError("500 Internal Server Error (after the adapter's retries)")
         refs = [MessageRef(self.platform, chat, str(next(self._ids)), thread)]
         refs += [MessageRef(self.platform, chat, str(next(self._ids)), thread) for _ in post.files]
         self.sent.append(Sent(refs[0], post))

@@ -13,6 +13,11 @@ Driving it, as users would:
 Fault injection (the next call of a method gets it, before the call takes effect, so a retry is the
 only way the call can succeed; nothing is half-done):
     fail(method, "429", retry_after=1) / fail(method, "500") / fail(method, "drop")
+    fail(..., with_keyboard=True)   only calls carrying an inline keyboard (a result photo, not a
+                                    layout preview) get it
+    user_message(..., document=..., declared_size=N)   a document whose size Telegram reports as
+                                    N bytes while its file is larger; `bytes_served` counts what
+                                    each download really sent before the client hung up
     forget(chat, message_id)   the message disappears (a user deleted it): edits answer "not found"
 
 getUpdates honours `offset` (earlier updates are confirmed and forgotten) and long-polls for at most
@@ -58,6 +63,7 @@ class ChatMessage:
     keyboard: list[list[Json]] = field(default_factory=list)
     edits: int = 0
     edit_times: list[float] = field(default_factory=list)  # time.monotonic() of each edit
+    shown: list[str] = field(default_factory=list)  # every text it showed, oldest first
     deleted: bool = False
 
     @property
@@ -74,6 +80,7 @@ class ChatMessage:
 class Fault:
     kind: str  # "429", "500" or "drop"
     retry_after: int = 1
+    with_keyboard: bool = False  # only for calls that carry an inline keyboard
 
 
 class FakeTelegram:
@@ -93,6 +100,8 @@ class FakeTelegram:
         self._update_ids = itertools.count(1)
         self._message_ids: dict[int, itertools.count[int]] = {}
         self._files: dict[str, tuple[str, bytes]] = {}  # file_id -> (file_path, data)
+        self._declared: dict[str, int] = {}  # file_id -> the size Telegram claims, when it lies
+        self.bytes_served: dict[str, int] = {}  # file_path -> bytes written by its last download
         self._file_ids = itertools.count(1)
         self._callback_ids = itertools.count(1)
         self._new_update = asyncio.Event()
@@ -144,6 +153,7 @@ class FakeTelegram:
         document: tuple[str, bytes, str] | None = None,
         photo: bytes | None = None,
         pre: bool = False,
+        declared_size: int | None = None,
     ) -> int:
         """A user writes; returns the message id. Commands and @mentions get their entities as
         Telegram sends them; `pre=True` marks the whole text as a code block (Telegram strips the
@@ -170,12 +180,14 @@ class FakeTelegram:
         if document is not None:
             filename, data, mime = document
             file_id = self._store_file(f"documents/{filename}", data)
+            if declared_size is not None:
+                self._declared[file_id] = declared_size
             message["document"] = {
                 "file_id": file_id,
                 "file_unique_id": f"u{file_id}",
                 "file_name": filename,
                 "mime_type": mime,
-                "file_size": len(data),
+                "file_size": self._declared.get(file_id, len(data)),
             }
         if photo is not None:
             file_id = self._store_file("photos/photo.jpg", photo)
@@ -212,9 +224,11 @@ class FakeTelegram:
         )
         return query_id
 
-    def fail(self, method: str, kind: str, *, retry_after: int = 1, times: int = 1) -> None:
+    def fail(
+        self, method: str, kind: str, *, retry_after: int = 1, times: int = 1, with_keyboard: bool = False
+    ) -> None:
         for _ in range(times):
-            self._faults[method].append(Fault(kind, retry_after))
+            self._faults[method].append(Fault(kind, retry_after, with_keyboard))
 
     def forget(self, chat_id: int, message_id: int) -> None:
         self.find(chat_id, message_id).deleted = True
@@ -251,8 +265,12 @@ class FakeTelegram:
         if request.match_info["token"] != self.token:
             return _error(401, "Unauthorized")
         method = request.match_info["method"]
-        fault = self._faults[method].popleft() if self._faults[method] else None
+        params = await _params(request)
+        fault = self._faults[method][0] if self._faults[method] else None
+        if fault is not None and fault.with_keyboard and not params.get("reply_markup"):
+            fault = None
         if fault is not None:
+            self._faults[method].popleft()
             self.faults_fired.append((method, fault.kind))
             if fault.kind == "drop":
                 # the connection dies before any answer: the client sees a protocol error
@@ -266,7 +284,6 @@ class FakeTelegram:
                     {"retry_after": fault.retry_after},
                 )
             return _error(500, "Internal Server Error")
-        params = await _params(request)
         handler = getattr(self, f"_m_{method}", None)
         if handler is None:
             return _error(404, "Not Found: method not found")
@@ -284,8 +301,22 @@ class FakeTelegram:
         path = request.match_info["path"]
         for file_path, data in self._files.values():
             if file_path == path:
-                return web.Response(body=data, content_type="application/octet-stream")
+                return await self._stream(request, path, data)
         return web.Response(status=404)
+
+    async def _stream(self, request: web.Request, path: str, data: bytes) -> web.StreamResponse:
+        """The file in 64 KiB chunks (no Content-Length), counting what was really sent."""
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        self.bytes_served[path] = 0
+        try:
+            for start in range(0, len(data), 65536):
+                await response.write(data[start : start + 65536])
+                self.bytes_served[path] += len(data[start : start + 65536])
+            await response.write_eof()
+        except (ConnectionResetError, ConnectionError):
+            pass  # the client stopped reading: what was sent is counted
+        return response
 
     def _m_getMe(self, params: Json) -> Json:
         return {
@@ -363,6 +394,7 @@ class FakeTelegram:
                 "markup are exactly the same as a current content and reply markup of the message"
             )
         message.text, message.keyboard = text, keyboard
+        message.shown.append(text)
         message.edits += 1
         message.edit_times.append(time.monotonic())
         return self._message_json(chat_id, message_id)
@@ -392,7 +424,7 @@ class FakeTelegram:
         return {
             "file_id": file_id,
             "file_unique_id": f"u{file_id}",
-            "file_size": len(data),
+            "file_size": self._declared.get(file_id, len(data)),
             "file_path": path,
         }
 
@@ -429,6 +461,7 @@ class FakeTelegram:
             reply_to,
             _keyboard(params),
         )
+        message.shown.append(text)
         self.messages[chat_id].append(message)
         return self._message_json(chat_id, message.message_id)
 
