@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
@@ -159,8 +158,8 @@ def _report(error: Exception, debug: bool) -> int:
 
 
 def _one_line(message: str, error: BaseException, debug: bool, *, status: int) -> int:
-    if debug:
-        traceback.print_exception(error, file=sys.stderr)
+    if debug:  # through the except hook, which redacts secrets once `run` has installed it
+        sys.excepthook(type(error), error, error.__traceback__)
     print(f"error: {message}", file=sys.stderr)
     return status
 

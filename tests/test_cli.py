@@ -355,13 +355,13 @@ async def test_an_unreachable_discord_is_one_line(tmp_path: Path, monkeypatch: p
     a subprocess at, so this runs the adapter's start inside the CLI's boundary in process)."""
     import discord
 
-    from adapters.discord_bot import DiscordAdapter
+    from bot.app import platform_adapters
     from bot.operator_errors import OperatorError, operator_failures
 
     monkeypatch.setattr(discord.http.Route, "BASE", f"http://127.0.0.1:{closed_port()}/api/v10")
     monkeypatch.setenv("DISCORD_BOT_TOKEN", "not-a-real-token")
     config = parse_config(f'[data]\ndir = "{tmp_path}"\n[discord]\nenabled = true\n', source="bot.toml")
-    adapter = DiscordAdapter.from_config(config)
+    (adapter,) = platform_adapters(config)  # built from the config as `omost-bot run` builds it
     try:
         with pytest.raises(OperatorError) as info, operator_failures(config):
             await adapter.start(handler=None)  # type: ignore[arg-type]  # fails before any event
