@@ -157,3 +157,27 @@ async def test_an_edit_keeps_its_parents_seed_unless_the_user_says_otherwise(tmp
         assert len(seeds) == 3
     finally:
         await app.__aexit__(None, None, None)
+
+
+async def test_a_retry_of_someone_elses_turn_runs_as_the_presser(tmp_path: Path) -> None:
+    app, bot = await open_bot(tmp_path, renderer=FakeRenderer(step_delay_s=0.2))
+    try:
+        await bot.adapter.say(FIRST, user="alice")
+        await until_drawing(bot)
+        assert await bot.adapter.press("cancel", 1, user="alice") == "Cancelling…"
+        await bot.settle()
+        bot.renderer.step_delay_s = 0.0
+        await bot.adapter.press("retry", 1, user="bob")  # bob sees the Retry button too
+        await bot.settle()
+        original, copy = await bot.turn(1), await bot.turn(2)
+        assert original.status == TurnStatus.CANCELLED and original.owner == "fake:alice"
+        assert copy.status == TurnStatus.DONE and copy.owner == "fake:bob"  # under bob's cap and rate
+        # a press that names a turn of another chat is refused, and changes nothing
+        assert await bot.adapter.press("retry", 1, user="mallory", chat="elsewhere") == (
+            "That picture is no longer available."
+        )
+        assert await bot.adapter.press("cancel", 2, user="mallory", chat="elsewhere") == (
+            "That picture is no longer available."
+        )
+    finally:
+        await app.__aexit__(None, None, None)
