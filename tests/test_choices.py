@@ -29,7 +29,7 @@ pytestmark = pytest.mark.timeout(60)
 
 ALICE, BOB = 1001, 1002
 REGIONS = ("1. the lighthouse on the cliff", "2. the storm clouds", "3. a red boat")
-FIVE = tuple(Button(action, 7) for action in ("seed", "rewrite", "hires", "vary", "zoom"))  # type: ignore[arg-type]
+FIVE = tuple(Button(action, 7) for action in ("seed", "rewrite", "hires", "vary", "zoom"))
 
 
 @pytest.fixture(autouse=True)
