@@ -238,7 +238,11 @@ async def test_discord_choices_are_one_select_menu_and_a_pick_carries_the_value(
         [menu] = menus(message)
         assert menu["custom_id"] == "omost:vary:7"
         assert [(o["label"], o["value"]) for o in menu["options"]] == list(zip(REGIONS, "123", strict=True))
-        assert (menu["min_values"], menu["max_values"]) == (1, 1)
+        assert (menu["min_values"], menu["max_values"], menu["placeholder"]) == (
+            1,
+            1,
+            "Vary region: pick one",
+        )
 
         interaction = await fake.select("omost:vary:7", ["3"], int(message["id"]), user_id=BOB)
         [press] = await handler.pressed(1)
@@ -262,15 +266,26 @@ async def test_discord_a_pick_after_a_restart_still_works(fake: FakeDiscord) -> 
 
 
 async def test_discord_many_choices_split_into_menus_of_25_with_labels_cut(fake: FakeDiscord) -> None:
-    labels = tuple(f"{i}. " + "a figure standing in the rain, " * 5 for i in range(1, 31))
+    # 64 regions: the most a canvas may hold (omost_engine.canvas_code.MAX_REGIONS)
+    labels = tuple(f"{i}. " + "a figure standing in the rain, " * 5 for i in range(1, 65))
     handler = RecordingHandler()
     async with discord_adapter(handler) as adapter:
-        message = await discord_post(adapter, fake, Post(text="Which?", choices=vary_choices(labels=labels)))
-        first, second = menus(message)  # the fake refuses a menu over 25 options or 100-char labels
-        assert (first["custom_id"], len(first["options"])) == ("omost:vary:7", 25)
-        assert (second["custom_id"], len(second["options"])) == ("omost:vary:7/1", 5)
-        assert all(len(o["label"]) <= 100 for o in first["options"] + second["options"])
-        assert first["options"][0]["label"].endswith("…")
+        question = Post(text="Which?", choices=vary_choices(labels=labels), buttons=(Button("cancel", 7),))
+        message = await discord_post(adapter, fake, question)
+        shown = menus(message)  # the fake refuses a menu over 25 options or 100-character labels
+        assert [(m["custom_id"], len(m["options"])) for m in shown] == [
+            ("omost:vary:7", 25),
+            ("omost:vary:7/1", 25),
+            ("omost:vary:7/2", 14),
+        ]
+        assert [m["placeholder"] for m in shown] == [
+            "Vary region: pick one (1-25)",
+            "Vary region: pick one (26-50)",
+            "Vary region: pick one (51-64)",
+        ]
+        assert [o["value"] for m in shown for o in m["options"]] == [str(i) for i in range(1, 65)]
+        assert all(len(o["label"]) <= 100 and o["label"].endswith("…") for m in shown for o in m["options"])
+        assert message["components"][-1]["components"][0]["custom_id"] == "omost:cancel:7"
 
         await fake.select("omost:vary:7/1", ["28"], int(message["id"]))
         [press] = await handler.pressed(1)
