@@ -224,7 +224,7 @@ def decode_button(data: str) -> tuple[ButtonAction, int] | None:
 def decode_choice(data: str) -> tuple[ButtonAction, int, str] | None:
     """(action, turn id, value) from a button's or a Choice's data ("" value for a button)."""
     m = re.fullmatch(BUTTON_PATTERN, data)
-    if m is None:
+    if m is None or int(m["turn"]) >= 2**63:  # turn ids are SQLite integers
         return None
     for action in BUTTON_ACTIONS:
         if action == m["action"]:

@@ -18,7 +18,10 @@ links by (platform, chat, message id)):
 Interactions are acknowledged at once (a short response; the quick commands answer in it), and
 everything after that travels as ordinary channel messages: an interaction token dies after 15
 minutes and a queue can outlive it. Buttons carry `omost:<action>:<turn id>` in their custom_id
-and are matched by a `DynamicItem` template, so a button pressed after a restart still works.
+and are matched by a `DynamicItem` template, so a button pressed after a restart still works. A
+question's choices (a `Post`'s `choices`) become a select menu with the same custom_id, also a
+`DynamicItem` (up to 25 options a menu and 100 characters a label: Discord's limits); a pick is a
+ButtonPress carrying the picked value, acknowledged and answered privately like a press.
 
 Errors: discord.py retries rate limits (429, honouring retry_after) and 5xx itself; every send
 carries a nonce Discord enforces, so a retried send never posts twice. Missing permissions
@@ -47,11 +50,14 @@ from discord import app_commands
 
 from adapters.base import (
     BUTTON_ACTIONS,
+    BUTTON_LABELS,
     BUTTON_PATTERN,
+    BUTTON_PREFIX,
     Attachment,
     BoundedMap,
     Button,
     ButtonPress,
+    Choice,
     Handler,
     Incoming,
     MessageRef,
@@ -59,6 +65,7 @@ from adapters.base import (
     PlatformStartError,
     Post,
     clipped,
+    decode_choice,
     encode_button,
 )
 
@@ -87,6 +94,13 @@ QUICK_COMMANDS = {
     "cancel": "Cancel your latest queued or running picture",
     "help": "How to use the bot",
 }
+MENU_OPTION_LIMIT = 25  # options in one select menu
+MENU_LABEL_LIMIT = 100  # characters of an option's label
+MESSAGE_ROWS = 5  # action rows in one message: a select menu fills one, up to five buttons another
+CHOICE_PATTERN = rf"{BUTTON_PREFIX}:(?P<action>[a-z]+):(?P<turn>\d+)(?:/(?P<part>[1-4]))?"
+"""A select menu's custom_id: `omost:<action>:<turn id>`, and `/<part>` on the second to fifth
+menu of a question with over 25 choices (custom ids are unique within a message). It must not be
+BUTTON_PATTERN's very string: discord.py keys dynamic items by their compiled template."""
 BUTTON_STYLES = {
     "seed": discord.ButtonStyle.primary,
     "rewrite": discord.ButtonStyle.secondary,
@@ -153,10 +167,64 @@ class ActionButton(discord.ui.DynamicItem[discord.ui.Button[Any]], template=BUTT
     ) -> ActionButton:
         return cls(match["action"], int(match["turn"]))
 
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        # a select menu's custom_id matches this template too: only a button press is a press
+        return _component_type(interaction) == discord.ComponentType.button.value
+
     async def callback(self, interaction: discord.Interaction[Any]) -> None:
         client = interaction.client
         if isinstance(client, _OmostClient):
             await client.adapter.on_button(interaction, self.action, self.turn_id)
+
+
+class ChoiceSelect(discord.ui.DynamicItem[discord.ui.Select[Any]], template=CHOICE_PATTERN):
+    """A question's select menu, one option per Choice; rebuilt from the message it is on (its
+    custom_id names the action and the turn, its options are the message's own), so a pick made
+    after a restart still works."""
+
+    def __init__(
+        self,
+        action: str,
+        turn_id: int,
+        options: Sequence[discord.SelectOption] = (),
+        *,
+        part: int = 0,
+        placeholder: str | None = None,
+    ) -> None:
+        super().__init__(
+            discord.ui.Select(
+                custom_id=f"{BUTTON_PREFIX}:{action}:{turn_id}" + (f"/{part}" if part else ""),
+                placeholder=placeholder,
+                options=list(options),
+                min_values=1,
+                max_values=1,
+            )
+        )
+        self.action = action
+        self.turn_id = turn_id
+
+    @classmethod
+    async def from_custom_id(
+        cls, interaction: discord.Interaction[Any], item: discord.ui.Item[Any], match: re.Match[str], /
+    ) -> ChoiceSelect:
+        menu = item if isinstance(item, discord.ui.Select) else None  # a button matches the template too
+        return cls(
+            match["action"],
+            int(match["turn"]),
+            menu.options if menu is not None else (),
+            part=int(match["part"] or 0),
+            placeholder=menu.placeholder if menu is not None else None,
+        )
+
+    async def interaction_check(self, interaction: discord.Interaction[Any]) -> bool:
+        return _component_type(interaction) == discord.ComponentType.select.value
+
+    async def callback(self, interaction: discord.Interaction[Any]) -> None:
+        client = interaction.client
+        if isinstance(client, _OmostClient):
+            picked = self.item.values
+            value = str(picked[0]) if picked else ""
+            await client.adapter.on_button(interaction, self.action, self.turn_id, value=value)
 
 
 class _OmostClient(discord.Client):
@@ -220,7 +288,7 @@ class DiscordAdapter:
         tree = app_commands.CommandTree(client)
         tree.on_error = self._on_tree_error  # type: ignore[method-assign]
         self._add_commands(tree)
-        client.add_dynamic_items(ActionButton)
+        client.add_dynamic_items(ActionButton, ChoiceSelect)
         self.client = client
         await client.login(self.token)
         await self._sync(tree)
@@ -425,11 +493,19 @@ class DiscordAdapter:
 
     # --- buttons ---------------------------------------------------------------------------------
 
-    async def on_button(self, interaction: discord.Interaction[Any], action: str, turn_id: int) -> None:
+    async def on_button(
+        self, interaction: discord.Interaction[Any], action: str, turn_id: int, *, value: str | None = None
+    ) -> None:
+        """A button press, or (with `value`) an option picked from a question's select menu."""
         # acknowledge without changing the message; the bot's answer comes as channel messages
         with contextlib.suppress(discord.HTTPException):
             await interaction.response.defer()
         if not self._seen.first_time(f"interaction-{interaction.id}", None) or self._handler is None:
+            return
+        if value is not None and decode_choice(f"{BUTTON_PREFIX}:{action}:{turn_id}:{value}") is None:
+            # Discord only sends options the menu showed, and ours all pass the codec
+            with contextlib.suppress(discord.HTTPException):
+                await self._tell_interaction(interaction, "That is not a choice I know.")
             return
         chat, thread = await self._place(interaction.channel, interaction.channel_id)
         press = ButtonPress(
@@ -443,6 +519,7 @@ class DiscordAdapter:
             message_id=str(interaction.message.id) if interaction.message else "",
             roles=_roles(interaction.user),
             guild=_guild(interaction.guild_id),
+            value=value or "",
         )
         try:
             answer = await self._handler.on_button(self, press)
@@ -680,7 +757,7 @@ class DiscordAdapter:
     async def _respond(
         self, interaction: discord.Interaction[Any], chat: str, thread: str, post: Post
     ) -> MessageRef:
-        view = _view(post.buttons)
+        view = _view(post)
         extra: dict[str, Any] = {"view": view} if view is not None else {}
         callback = await interaction.response.send_message(
             clipped(post.text, CONTENT_LIMIT) or "…", allowed_mentions=NO_MENTIONS, **extra
@@ -725,7 +802,7 @@ class DiscordAdapter:
         kwargs["content"] = clipped(content, CONTENT_LIMIT) or None
         if embed is not None:
             kwargs["embed"] = embed
-        view = _view(post.buttons)
+        view = _view(post)
         if view is not None:
             kwargs["view"] = view
         if post.reply_to and self._channel_of.get(post.reply_to) == target:
@@ -831,13 +908,51 @@ def replace_reply(post: Post) -> Post:
     return replace(post, reply_to=None)
 
 
-def _view(buttons: Sequence[Button]) -> discord.ui.View | None:
-    if not buttons:
+def _view(post: Post) -> discord.ui.View | None:
+    """The post's components: its question's select menus first, then its buttons (up to five a
+    row, as discord.py lays them out)."""
+    if not post.buttons and not post.choices:
         return None
     view = discord.ui.View(timeout=None)
-    for button in buttons:
+    button_rows = -(-len(post.buttons) // 5)
+    for menu in _choice_menus(post.choices, MESSAGE_ROWS - button_rows):
+        view.add_item(menu)
+    for button in post.buttons:
         view.add_item(ActionButton(button.action, button.turn_id))
     return view
+
+
+def _choice_menus(choices: Sequence[Choice], rows: int) -> list[ChoiceSelect]:
+    """Select menus for `choices`: one per (action, turn), split into menus of 25 options (the
+    second and later named `/<part>`), at most `rows` menus in all."""
+    groups: dict[tuple[str, int], list[Choice]] = {}
+    for choice in choices:
+        groups.setdefault((choice.action, choice.turn_id), []).append(choice)
+    menus: list[ChoiceSelect] = []
+    for (action, turn_id), group in groups.items():
+        chunks = [group[i : i + MENU_OPTION_LIMIT] for i in range(0, len(group), MENU_OPTION_LIMIT)]
+        for part, chunk in enumerate(chunks):
+            placeholder = f"{BUTTON_LABELS[chunk[0].action]}: pick one"
+            if len(chunks) > 1:
+                start = part * MENU_OPTION_LIMIT + 1
+                placeholder += f" ({start}-{start + len(chunk) - 1})"
+            options = [
+                discord.SelectOption(label=clipped(c.label, MENU_LABEL_LIMIT) or c.value, value=c.value)
+                for c in chunk
+            ]
+            menus.append(ChoiceSelect(action, turn_id, options, part=part, placeholder=placeholder))
+    if len(menus) > rows:
+        log.warning(
+            "Discord: %d choices need more menus than a message holds; showing the first", len(choices)
+        )
+    return menus[:rows]
+
+
+def _component_type(interaction: discord.Interaction[Any]) -> int | None:
+    """The component type of a component interaction (2 a button, 3 a select menu)."""
+    data: Mapping[str, Any] = interaction.data or {}
+    kind = data.get("component_type")
+    return kind if isinstance(kind, int) else None
 
 
 def _guild(guild_id: int | None) -> str:
@@ -851,4 +966,4 @@ def _roles(user: discord.abc.User | discord.Member) -> tuple[str, ...]:
     return ()
 
 
-__all__ = ["ActionButton", "DiscordAdapter", "fit_image"]
+__all__ = ["ActionButton", "ChoiceSelect", "DiscordAdapter", "fit_image"]

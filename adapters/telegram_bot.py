@@ -8,10 +8,11 @@ Owns everything Telegram-shaped between the Bot API and the port in adapters/bas
   message (a topic's root message is not a reply), code blocks (Telegram strips the ``` a user
   types and sends a "pre" entity; they are put back), documents (.py canvases, the bot's PNGs)
   streamed with a size cap (the declared size is only a claim: the download stops at the
-  limit), button presses (callback data `omost:<action>:<turn id>`, which names
-  the turn, so buttons keep working after a restart; the codec is the port's) and the settings
-  keyboard (`set:<key>=<value>`, which becomes the /settings command with that option, answered by
-  editing the keyboard's message in place);
+  limit), button presses (callback data `omost:<action>:<turn id>`, which names the turn, so
+  buttons keep working after a restart; the codec is the port's), a question's choices (one
+  inline-keyboard row each, data `omost:<action>:<turn id>:<value>`: a press is a ButtonPress
+  carrying the value) and the settings keyboard (`set:<key>=<value>`, which becomes the /settings
+  command with that option, answered by editing the keyboard's message in place);
 - Telegram's limits: captions 1024 characters and texts 4096 (cut, with the full text sent as a
   file or a follow-up message), callback data 64 bytes, photos 10 MB (larger ones go as documents),
   how often one message may be edited (`edit_interval`: about once a second in private chats and
@@ -69,13 +70,15 @@ from adapters.base import (
     Attachment,
     Button,
     ButtonPress,
+    Choice,
     Handler,
     Incoming,
     MessageRef,
     OutFile,
     Post,
     clip_text,
-    decode_button,
+    clipped,
+    decode_choice,
     encode_button,
 )
 
@@ -90,6 +93,20 @@ DOWNLOAD_LIMIT = 20 * 1024 * 1024  # the Bot API's getFile limit
 DOWNLOAD_CHUNK = 64 * 1024
 DOWNLOAD_TIMEOUT_S = 120.0  # one document download, start to end
 SETTINGS_PREFIX = "set"
+CHOICE_LABEL_LIMIT = 64  # a phone shows about one line of a button; the rest would be cut anyway
+
+# Which buttons share a keyboard row (consecutive ones of a group do). Five buttons on one row
+# leave each a few letters wide on a phone, so a result's buttons take two rows; Retry and Cancel,
+# which end or restart a turn, stand alone.
+BUTTON_ROWS: dict[str, str] = {
+    "seed": "remake",
+    "rewrite": "remake",
+    "hires": "remake",
+    "vary": "edit",
+    "zoom": "edit",
+    "retry": "retry",
+    "cancel": "cancel",
+}
 
 COMMANDS: dict[str, str] = {
     "omost": "Draw a picture: /omost a lighthouse in a storm",
@@ -456,51 +473,59 @@ class TelegramAdapter:
         if message is None:
             await self._answer(query, "That message is too old; send your request again.")
             return
-        chat = str(message.chat.id)
-        thread = _thread(message) if isinstance(message, Message) else ""
-        user = query.from_user
         if data.startswith(f"{SETTINGS_PREFIX}:"):
-            await self._answer(query, "Saving…")
-            key, _, value = data[len(SETTINGS_PREFIX) + 1 :].partition("=")
-            await handler.on_message(
-                self,
-                Incoming(
-                    platform=PLATFORM,
-                    chat=chat,
-                    message_id="",  # a press, not a message: nothing to reply to or link
-                    user=str(user.id),
-                    user_name=user.full_name,
-                    text="",
-                    thread=thread,
-                    command="settings",
-                    options={key: value},
-                    private=message.chat.type == "private",
-                    answer_in_place=str(message.message_id),  # the keyboard shows the new settings
-                ),
-            )
+            await self._on_settings_press(handler, query, message, data[len(SETTINGS_PREFIX) + 1 :])
             return
-        parsed = decode_button(data)
+        # Telegram never delivers more than 64 bytes; anything longer was not made by this bot
+        parsed = decode_choice(data) if len(data.encode("utf-8")) <= CALLBACK_DATA_LIMIT else None
         if parsed is None:
             await self._answer(query, "That button is not one I know.")
             return
-        action, turn_id = parsed
+        action, turn_id, value = parsed
+        user = query.from_user
         answer: str | None = None
         try:
             answer = await handler.on_button(
                 self,
                 ButtonPress(
                     platform=PLATFORM,
-                    chat=chat,
+                    chat=str(message.chat.id),
                     user=str(user.id),
                     action=action,
                     turn_id=turn_id,
                     message_id=str(message.message_id),
-                    thread=thread,
+                    thread=_thread(message) if isinstance(message, Message) else "",
                     user_name=user.full_name,
+                    value=value,
                 ),
             )
         finally:  # the answer is shown to the presser alone
             await self._answer(query, answer or "On it…")
+
+    async def _on_settings_press(
+        self, handler: Handler, query: CallbackQuery, message: Any, setting: str
+    ) -> None:
+        """A settings keyboard press (`key=value`): the /settings command with that option,
+        answered by editing the keyboard's message in place."""
+        await self._answer(query, "Saving…")
+        key, _, value = setting.partition("=")
+        user = query.from_user
+        await handler.on_message(
+            self,
+            Incoming(
+                platform=PLATFORM,
+                chat=str(message.chat.id),
+                message_id="",  # a press, not a message: nothing to reply to or link
+                user=str(user.id),
+                user_name=user.full_name,
+                text="",
+                thread=_thread(message) if isinstance(message, Message) else "",
+                command="settings",
+                options={key: value},
+                private=message.chat.type == "private",
+                answer_in_place=str(message.message_id),  # the keyboard shows the new settings
+            ),
+        )
 
     async def _answer(self, query: CallbackQuery, text: str) -> None:
         try:
@@ -513,7 +538,7 @@ class TelegramAdapter:
     async def send(self, chat: str, thread: str, post: Post) -> list[MessageRef]:
         await self._ready()
         reply_to = post.reply_to if post.reply_to and post.reply_to.isdigit() else None
-        markup = self._settings_markup() if post.settings_keyboard else self._markup(post.buttons)
+        markup = self._settings_markup() if post.settings_keyboard else self._markup(post)
         if post.in_place.isdigit() and post.image is None:  # e.g. the pressed settings keyboard
             return [await self._edit_now(MessageRef(PLATFORM, chat, post.in_place, thread), post, markup)]
         refs: list[MessageRef] = []
@@ -608,12 +633,15 @@ class TelegramAdapter:
         return MessageRef(PLATFORM, str(message.chat.id), str(message.message_id), thread)
 
     @staticmethod
-    def _markup(buttons: Sequence[Button]) -> InlineKeyboardMarkup | None:
-        if not buttons:
-            return None
-        return InlineKeyboardMarkup(
-            [[InlineKeyboardButton(b.label, callback_data=_callback_data(b)) for b in buttons]]
-        )
+    def _markup(post: Post) -> InlineKeyboardMarkup | None:
+        """The inline keyboard: a question's choices one a row (a list to pick from), then the
+        buttons in their rows (`BUTTON_ROWS`)."""
+        rows = [[_choice_button(choice)] for choice in post.choices]
+        rows += [
+            [InlineKeyboardButton(b.label, callback_data=_callback_data(b)) for b in row]
+            for row in button_rows(post.buttons)
+        ]
+        return InlineKeyboardMarkup(rows) if rows else None
 
     @staticmethod
     def _settings_markup() -> InlineKeyboardMarkup:
@@ -633,7 +661,7 @@ class TelegramAdapter:
         """Edit now (the bot paces its edits to `edit_interval`). Returns where the message lives
         now: a new message when the old one could not be edited."""
         await self._ready()
-        return await self._edit_now(ref, post, self._markup(post.buttons))
+        return await self._edit_now(ref, post, self._markup(post))
 
     async def _edit_now(self, ref: MessageRef, post: Post, markup: InlineKeyboardMarkup | None) -> MessageRef:
         text, _ = clip_text(_status_text(post), TEXT_LIMIT)
@@ -691,10 +719,34 @@ class TelegramAdapter:
         raise AssertionError("unreachable")  # the loop returns or raises
 
 
-def _callback_data(button: Button) -> str:
+def button_rows(buttons: Sequence[Button]) -> list[list[Button]]:
+    """The buttons in keyboard rows, in their order: consecutive buttons of one `BUTTON_ROWS`
+    group share a row."""
+    rows: list[list[Button]] = []
+    last = ""
+    for button in buttons:
+        group = BUTTON_ROWS.get(button.action, button.action)
+        if rows and group == last:
+            rows[-1].append(button)
+        else:
+            rows.append([button])
+        last = group
+    return rows
+
+
+def _choice_button(choice: Choice) -> InlineKeyboardButton:
+    label = clipped(" ".join(choice.label.split()), CHOICE_LABEL_LIMIT) or choice.value  # never blank
+    return InlineKeyboardButton(label, callback_data=_callback_data(choice))
+
+
+def _callback_data(button: Button | Choice) -> str:
+    """The button's callback data; a value the codec cannot read back (or over 64 bytes) is the
+    bot's mistake, refused here rather than shown as a button that does nothing."""
     data = encode_button(button)
     if len(data.encode("utf-8")) > CALLBACK_DATA_LIMIT:
         raise ValueError(f"callback data over {CALLBACK_DATA_LIMIT} bytes: {data!r}")
+    if decode_choice(data) is None:
+        raise ValueError(f"callback data the button codec cannot read back: {data!r}")
     return data
 
 

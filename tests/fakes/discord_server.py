@@ -19,6 +19,10 @@ CHANNEL_UPDATE so discord.py's cache knows them too); threads inherit their pare
 without Attach Files or embeds without Embed Links answers 403 Missing Permissions (50013), and so
 does creating a thread without Create Public Threads.
 
+Components are checked as Discord checks them (rows, buttons, select menus and their options:
+400 Invalid Form Body, code 50035, otherwise). `press(...)` presses a button and `select(...)`
+picks options in a select menu, each only if the message shows it.
+
 Every REST call is recorded (`calls`). Faults are queued with `fail(...)`: a 429 with retry_after
 (with the `Via` header Discord's edge adds, so discord.py treats it as a rate limit, not a ban), a 500
 before the work is done, or a 500 after it (the message exists but the bot never heard so).
@@ -356,10 +360,28 @@ class FakeDiscord:
     ) -> dict[str, Any]:
         """A user presses the button `custom_id` on message `message_id`."""
         message = self._wire(self.messages[message_id])
-        on_it = [c.get("custom_id") for row in message["components"] for c in row.get("components", [])]
+        on_it = [c.get("custom_id") for c in _components(message) if c.get("type") == 2]
         if custom_id not in on_it:  # a user can only press a button the message shows
             raise ValueError(f"message {message_id} has no button {custom_id!r} (it has {on_it})")
         data = {"custom_id": custom_id, "component_type": 2}
+        return await self._interaction(3, data, int(message["channel_id"]), dm, user_id, [], message=message)
+
+    async def select(
+        self, custom_id: str, values: list[str], message_id: int, *, user_id: int = 1001, dm: bool = False
+    ) -> dict[str, Any]:
+        """A user picks `values` in the string select menu `custom_id` on message `message_id`: an
+        INTERACTION_CREATE of type 3 whose data is {custom_id, component_type 3, values}."""
+        message = self._wire(self.messages[message_id])
+        menus = {c.get("custom_id"): c for c in _components(message) if c.get("type") == 3}
+        menu = menus.get(custom_id)
+        if menu is None:  # a user can only pick in a menu the message shows
+            raise ValueError(f"message {message_id} has no select menu {custom_id!r} (it has {list(menus)})")
+        offered = [option["value"] for option in menu.get("options", [])]
+        least, most = int(menu.get("min_values", 1)), int(menu.get("max_values", 1))
+        if not set(values) <= set(offered) or not least <= len(values) <= most:
+            # Discord's client offers only the menu's options, between min_values and max_values
+            raise ValueError(f"menu {custom_id!r} offers {offered} ({least}-{most} of them), not {values}")
+        data = {"custom_id": custom_id, "component_type": 3, "values": list(values)}
         return await self._interaction(3, data, int(message["channel_id"]), dm, user_id, [], message=message)
 
     async def _interaction(
@@ -486,6 +508,16 @@ class FakeDiscord:
         }
         if channel.get("guild_id"):
             message["guild_id"] = channel["guild_id"]
+        return message
+
+    def bot_message_from_before(
+        self, channel_id: int, content: str, components: list[dict[str, Any]]
+    ) -> dict[str, Any]:
+        """A message the bot posted before this test's bot existed (another version of it, say),
+        with `components` as Discord stores them; returns it."""
+        message = self._message(channel_id, self.bot_user, content)
+        message["components"] = components
+        self.messages[int(message["id"])] = message
         return message
 
     def archive(self, thread_id: int) -> None:
@@ -631,6 +663,9 @@ class FakeDiscord:
                 (body or {}).get("embeds") and not allowed & EMBED_LINKS
             ):
                 return error(403, "Missing Permissions", 50013)
+            problem = _component_problem((body or {}).get("components") or [])
+            if problem:
+                return error(400, f"Invalid Form Body: {problem}", 50035)
             for key in ("content", "embeds", "components"):
                 if key in (body or {}):
                     message[key] = body[key]
@@ -754,6 +789,10 @@ class FakeDiscord:
             # what Discord answers a bot sending files or embeds it may not (code 50013)
             call.status = 403
             return json_response({"message": "Missing Permissions", "code": 50013}, 403)
+        problem = _component_problem(body.get("components") or [])
+        if problem:
+            call.status = 400
+            return json_response({"message": f"Invalid Form Body: {problem}", "code": 50035}, 400)
         nonce = body.get("nonce")
         if nonce and body.get("enforce_nonce") and (channel_id, str(nonce)) in self._nonces:
             return json_response(self._wire(self.messages[self._nonces[(channel_id, str(nonce))]]))
@@ -809,6 +848,58 @@ class FakeDiscord:
                 return value
             await asyncio.sleep(0.02)
         raise TimeoutError("the fake Discord never saw what the test waited for")
+
+
+def _components(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every component of a message, row by row (buttons and select menus)."""
+    return [c for row in message.get("components") or [] for c in row.get("components", [])]
+
+
+def _component_problem(rows: list[dict[str, Any]]) -> str:
+    """What Discord would refuse in a message's components ("" when nothing): at most 5 action
+    rows, each up to 5 buttons or exactly one select menu; custom ids unique and up to 100
+    characters; a string select 1-25 options with labels and values of 1-100 characters, values
+    unique, a placeholder up to 150; a button label up to 80."""
+    if len(rows) > 5:
+        return "components: at most 5 action rows"
+    seen: set[str] = set()
+    for row in rows:
+        items = row.get("components", [])
+        if row.get("type") != 1 or not items:
+            return "components: each row is an action row with something in it"
+        menus = [c for c in items if c.get("type") in (3, 5, 6, 7, 8)]
+        if (menus and len(items) > 1) or len(items) > 5:
+            return "components: a row holds up to 5 buttons or one select menu"
+        for item in items:
+            custom_id = str(item.get("custom_id", ""))
+            if custom_id and (custom_id in seen or len(custom_id) > 100):
+                return f"custom_id {custom_id!r}: must be unique and at most 100 characters"
+            seen.add(custom_id)
+            problem = _select_problem(item) if item.get("type") == 3 else ""
+            if item.get("type") == 2 and len(str(item.get("label") or "")) > 80:
+                problem = "button label: at most 80 characters"
+            if problem:
+                return problem
+    return ""
+
+
+def _select_problem(menu: dict[str, Any]) -> str:
+    options = menu.get("options") or []
+    if not 1 <= len(options) <= 25:
+        return f"select options: 1 to 25, not {len(options)}"
+    values = [str(o.get("value", "")) for o in options]
+    if len(set(values)) != len(values):
+        return "select options: values must be unique"
+    for option in options:
+        for key in ("label", "value"):
+            if not 1 <= len(str(option.get(key, ""))) <= 100:
+                return f"select option {key}: 1 to 100 characters"
+    if len(str(menu.get("placeholder") or "")) > 150:
+        return "select placeholder: at most 150 characters"
+    least, most = int(menu.get("min_values", 1)), int(menu.get("max_values", 1))
+    if not 0 <= least <= most <= len(options):
+        return "select min_values/max_values: out of range"
+    return ""
 
 
 @contextlib.asynccontextmanager

@@ -75,6 +75,11 @@ class ChatMessage:
     def labels(self) -> list[str]:
         return [b.get("text", "") for row in self.keyboard for b in row]
 
+    @property
+    def rows(self) -> list[list[str]]:
+        """The inline keyboard's labels as the chat lays them out, row by row."""
+        return [[b.get("text", "") for b in row] for row in self.keyboard]
+
 
 @dataclass
 class Fault:
@@ -560,6 +565,8 @@ def _keyboard(params: Json) -> list[list[Json]]:
     rows: list[list[Json]] = markup.get("inline_keyboard", [])
     for row in rows:
         for button in row:
+            if not {"callback_data", "url"} & button.keys():
+                raise _ApiError("Bad Request: text buttons are unallowed in the inline keyboard")
             data = button.get("callback_data", "")
             if len(data.encode("utf-8")) > 64:
                 raise _ApiError("Bad Request: BUTTON_DATA_INVALID")
