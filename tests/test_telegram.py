@@ -142,9 +142,21 @@ async def test_two_turn_private_chat_ends_with_photos_documents_and_keyboards(
         assert [s.text for s in statuses] == ["Turn 1: done.", "Turn 2: done."]
         assert statuses[0].edits >= 2  # one status message, edited as the turn went on
 
-        assert first.buttons == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1", "omost:vary:1", "omost:zoom:1"]
+        assert first.buttons == [
+            "omost:seed:1",
+            "omost:rewrite:1",
+            "omost:hires:1",
+            "omost:vary:1",
+            "omost:zoom:1",
+        ]
         assert first.labels == ["New seed", "Rewrite", "Higher resolution", "Vary region", "Zoom out"]
-        assert second.buttons == ["omost:seed:2", "omost:rewrite:2", "omost:hires:2", "omost:vary:2", "omost:zoom:2"]
+        assert second.buttons == [
+            "omost:seed:2",
+            "omost:rewrite:2",
+            "omost:hires:2",
+            "omost:vary:2",
+            "omost:zoom:2",
+        ]
         assert len(first.text) <= 1024 and "seed" in first.text
         assert second.text.startswith("Added meteorites crashing into the ground")
         # the photo is the PNG the bot made, carrying its canvas
@@ -561,3 +573,30 @@ async def test_a_document_larger_than_declared_is_not_read_whole(tmp_path: Path,
         await asyncio.sleep(0.3)  # whatever the server still pushed after the bot hung up
         assert tg.bytes_served["documents/scene.py"] < len(big) // 2
         assert await bot.app.store.find_turn(1) is None and bot.llm.calls == []
+
+
+async def test_vary_region_and_zoom_out_through_the_keyboard(tmp_path: Path, tg: FakeTelegram) -> None:
+    from bot.turns.handler import NOT_YOURS_TO_VARY
+
+    async with telegram_bot(tmp_path, tg) as bot:
+        tg.user_message(GROUP, f"/omost {FIRST}", chat_type="group", user=ALICE)
+        (result,) = await bot.results_in(GROUP, 1)
+        assert result.rows[-1] == ["Vary region", "Zoom out"]
+        refused = tg.press(GROUP, result.message_id, "omost:vary:1", user=BOB)
+        await tg.wait_for(lambda: refused in tg.callback_answers)
+        assert tg.callback_answers[refused]["text"] == NOT_YOURS_TO_VARY
+        tg.press(GROUP, result.message_id, "omost:vary:1", user=ALICE)
+        await tg.wait_for(lambda: any(m.text.endswith("with a new seed?") for m in tg.bot_messages(GROUP)))
+        (question,) = [m for m in tg.bot_messages(GROUP) if m.text.endswith("with a new seed?")]
+        regions = parse(seed_answers()[0]).regions
+        assert len(question.buttons) == len(regions) and question.buttons[1] == "omost:vary:1:2"
+        tg.press(GROUP, question.message_id, "omost:vary:1:2", user=ALICE)
+        await bot.results_in(GROUP, 2)
+        varied = await bot.app.store.get_turn(2)
+        assert varied.kind == TurnKind.RENDER and varied.params["vary_region"] == 2
+        edit = bot.renderer.calls[-1][1].edit
+        assert edit is not None and edit.kind == "vary" and edit.boxes == (regions[1].box,)
+        tg.press(GROUP, result.message_id, "omost:zoom:1", user=ALICE)
+        await bot.results_in(GROUP, 3)
+        assert (await bot.app.store.get_turn(3)).params["frame_zoom"] == 1.5
+        assert bot.renderer.calls[-1][1].edit.kind == "zoom_out"  # type: ignore[union-attr]
