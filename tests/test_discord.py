@@ -706,6 +706,3 @@ async def test_vary_region_through_the_select_menu_after_a_restart(tmp_path: Pat
         assert "Redrew region 2 with a new seed" in found[1]["embeds"][0]["description"]
         edit = renderer.calls[-1][1].edit
         assert edit is not None and edit.kind == "vary"
-        assert (
-            NOT_YOURS_TO_VARY
-        )  # (another user cannot reach a DM's buttons; groups: tests/test_turn_edits.py)
