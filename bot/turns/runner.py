@@ -89,6 +89,7 @@ class TurnRunner:
         self.adapters: dict[str, Adapter] = {}
         self._flight: dict[int, _InFlight] = {}
         self._reserved: Counter[str] = Counter()
+        self._closing = False
 
     # --- the table of turns in flight ------------------------------------------------------------
 
@@ -132,6 +133,9 @@ class TurnRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
+        """Stop driving turns for a shutdown. They stay queued or running in the store, so the
+        next start resumes them (a shutdown is not the user cancelling)."""
+        self._closing = True
         tasks = [f.task for f in self._flight.values() if f.task is not None]
         for task in tasks:
             task.cancel()
@@ -226,7 +230,8 @@ class TurnRunner:
                 await results.post_layout_preview(live, canvas)
             await self._render(live, canvas)
         except asyncio.CancelledError:
-            await self._end_quietly(live, TurnStatus.CANCELLED, "Cancelled.")
+            if not self._closing:
+                await self._end_quietly(live, TurnStatus.CANCELLED, "Cancelled.")
             raise
         except Exception:  # the turn fails; the bot goes on (the detail is for the log only)
             log.exception("turn %s failed", live.id)

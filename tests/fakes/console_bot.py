@@ -1,6 +1,9 @@
 """The terminal chat with fake backends, as a process of its own: what the crash test kills.
 
-python -m tests.fakes.console_bot DATA_DIR STEP_DELAY_S
+python -m tests.fakes.console_bot DATA_DIR STEP_DELAY_S [unparsable-first]
+
+With `unparsable-first`, the model's first answer holds no code (a failed parse, for /retry);
+its later answers are the seed conversation's.
 """
 
 from __future__ import annotations
@@ -11,7 +14,9 @@ from pathlib import Path
 
 from bot.commands.chat import chat
 from bot.config import parse_config
-from tests.fakes.fake_backends import FakeLLM, FakeRenderer
+from tests.fakes.fake_backends import FakeLLM, FakeRenderer, seed_answers
+
+UNPARSABLE = "I would draw a quiet harbour at dawn, but I forgot to write the code."
 
 
 def main() -> int:
@@ -21,7 +26,11 @@ def main() -> int:
         '[queue]\nswap_models = "never"\n',
         source="console_bot",
     )
-    return asyncio.run(chat(config, llm=FakeLLM(), renderer=FakeRenderer(step_delay_s=step_delay)))
+    answers = seed_answers()
+    if sys.argv[3:] == ["unparsable-first"]:
+        answers = [UNPARSABLE, *answers]
+    llm = FakeLLM(answers)
+    return asyncio.run(chat(config, llm=llm, renderer=FakeRenderer(step_delay_s=step_delay)))
 
 
 if __name__ == "__main__":
