@@ -427,7 +427,8 @@ class ConsoleAdapter:
 
     async def _message(self, text: str) -> Incoming | None:
         """A typed line as the bot sees it, with a typed or dropped file read in."""
-        found = dropped_path(text, INPUT_SUFFIXES) if not text.lstrip().startswith(("/", ">", "`")) else None
+        # an absolute path starts with "/" too; no command name ends in .png or .py
+        found = dropped_path(text, INPUT_SUFFIXES) if not text.lstrip().startswith((">", "`")) else None
         if found is None:
             return self.parse_line(text)
         path, words = found
