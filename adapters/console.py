@@ -119,6 +119,7 @@ class ConsoleAdapter:
         self._last_status: BoundedMap[str, str] = BoundedMap(256)
         self._active: dict[int, asyncio.Event] = {}  # turns queued or running -> set when they end
         self._cancelling: set[int] = set()  # cancelled with Ctrl+C, not ended yet
+        self._retryable: int | None = None  # the last turn this session saw fail or be cancelled
         self._last_interrupt = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -296,7 +297,11 @@ class ConsoleAdapter:
             return
         if any(b.action == "cancel" for b in post.buttons):
             self._active.setdefault(turn_id, asyncio.Event())
+            if self._retryable == turn_id:
+                self._retryable = None
             return
+        if any(b.action == "retry" for b in post.buttons):
+            self._retryable = turn_id
         ended = self._active.pop(turn_id, None)
         self._cancelling.discard(turn_id)
         if ended is not None:
@@ -402,6 +407,8 @@ class ConsoleAdapter:
             self._say(answer)
 
     async def _default_turn(self, name: str, action: str) -> int | None:
+        if action == "retry" and self._retryable is not None:
+            return self._retryable  # what "/retry" under a failure means, even if more came since
         latest = await self._latest()
         if action == "retry":
             if latest is None or latest.turn_id is None:
