@@ -20,15 +20,26 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, Literal, Protocol, TypeVar
 
-ButtonAction = Literal["seed", "rewrite", "hires", "retry", "cancel"]
-BUTTON_ACTIONS: tuple[ButtonAction, ...] = ("seed", "rewrite", "hires", "retry", "cancel")
+ButtonAction = Literal["seed", "rewrite", "hires", "vary", "zoom", "retry", "cancel"]
+BUTTON_ACTIONS: tuple[ButtonAction, ...] = ("seed", "rewrite", "hires", "vary", "zoom", "retry", "cancel")
 BUTTON_LABELS: Mapping[ButtonAction, str] = {
     "seed": "New seed",
     "rewrite": "Rewrite",
     "hires": "Higher resolution",
+    "vary": "Vary region",
+    "zoom": "Zoom out",
     "retry": "Retry",
     "cancel": "Cancel",
 }
+
+
+class PlatformStartError(RuntimeError):
+    """An adapter could not start (the platform never became ready); str() names the platform and
+    what happened, for the operator's one-line start-up error."""
+
+    def __init__(self, platform: str, message: str) -> None:
+        self.platform = platform
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -90,6 +101,18 @@ class Button:
 
 
 @dataclass(frozen=True)
+class Choice:
+    """One option of a pick-one question the bot asks (e.g. which region to vary): pressing it is a
+    ButtonPress of `action` on `turn_id` carrying `value`. Telegram shows the options as an inline
+    keyboard, Discord as a select menu, the terminal as typed commands (`/vary N`)."""
+
+    action: ButtonAction
+    turn_id: int
+    value: str
+    label: str
+
+
+@dataclass(frozen=True)
 class ButtonPress:
     platform: str
     chat: str
@@ -101,6 +124,7 @@ class ButtonPress:
     user_name: str = ""
     roles: tuple[str, ...] = ()
     guild: str = ""
+    value: str = ""  # the picked Choice's value ("" for a plain button)
 
 
 @dataclass(frozen=True)
@@ -136,6 +160,7 @@ class Post:
     progress: tuple[int, int] | None = None  # status posts while drawing: (step, steps)
     settings_keyboard: bool = False
     in_place: str = ""
+    choices: tuple[Choice, ...] = ()  # a pick-one question under the text (see Choice)
 
 
 class Handler(Protocol):
@@ -175,24 +200,35 @@ class Adapter(Protocol):
 # --- the button codec -----------------------------------------------------------------------------
 
 BUTTON_PREFIX = "omost"
-BUTTON_PATTERN = rf"{BUTTON_PREFIX}:(?P<action>[a-z]+):(?P<turn>\d+)"
-"""What a button's platform id looks like (Discord's DynamicItem template matches it)."""
+BUTTON_PATTERN = rf"{BUTTON_PREFIX}:(?P<action>[a-z]+):(?P<turn>\d+)(?::(?P<value>[0-9a-z.]{{1,16}}))?"
+"""What a button's platform id looks like (Discord's DynamicItem template matches it): a Choice
+adds its value as a fourth part."""
 
 
-def encode_button(button: Button) -> str:
-    """`omost:<action>:<turn id>`: names the turn, so a press works after any restart. Telegram's
-    callback data allows 64 bytes: the longest action with a 64-bit turn id takes 27."""
+def encode_button(button: Button | Choice) -> str:
+    """`omost:<action>:<turn id>[:<value>]`: names the turn, so a press works after any restart.
+    Telegram's callback data allows 64 bytes: the longest action, a 64-bit turn id and a 16-character
+    value take 44."""
+    if isinstance(button, Choice):
+        return f"{BUTTON_PREFIX}:{button.action}:{button.turn_id}:{button.value}"
     return f"{BUTTON_PREFIX}:{button.action}:{button.turn_id}"
 
 
 def decode_button(data: str) -> tuple[ButtonAction, int] | None:
-    """(action, turn id) from `omost:<action>:<turn id>`, or None for anything else."""
+    """(action, turn id) from `omost:<action>:<turn id>`, or None for anything else (a Choice's
+    data: see `decode_choice`)."""
+    decoded = decode_choice(data)
+    return (decoded[0], decoded[1]) if decoded is not None and not decoded[2] else None
+
+
+def decode_choice(data: str) -> tuple[ButtonAction, int, str] | None:
+    """(action, turn id, value) from a button's or a Choice's data ("" value for a button)."""
     m = re.fullmatch(BUTTON_PATTERN, data)
     if m is None:
         return None
     for action in BUTTON_ACTIONS:
         if action == m["action"]:
-            return action, int(m["turn"])
+            return action, int(m["turn"]), m["value"] or ""
     return None
 
 

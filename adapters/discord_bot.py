@@ -55,6 +55,7 @@ from adapters.base import (
     Incoming,
     MessageRef,
     OutFile,
+    PlatformStartError,
     Post,
     clipped,
     encode_button,
@@ -231,7 +232,8 @@ class DiscordAdapter:
             ready.cancel()
             if self._runner in done:
                 self._runner.result()  # the connection's own error (a bad token, no gateway)
-            raise TimeoutError(f"Discord did not become ready within {self.ready_timeout:g} s")
+            took = f"Discord did not become ready within {self.ready_timeout:g} s"
+            raise PlatformStartError(PLATFORM, took)
 
     async def _sync(self, tree: app_commands.CommandTree[Any]) -> None:
         if self.guild_ids:

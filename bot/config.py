@@ -212,12 +212,18 @@ class RenderConfig(_Section):
     cfg: Annotated[float, Field(ge=CFG_RANGE[0], le=CFG_RANGE[1])] = 5.0
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
     hires_scale: Annotated[float, Field(ge=HIRES_SCALE_RANGE[0], le=HIRES_SCALE_RANGE[1])] = 1.0
+    # Omost's high-resolution fix settings and ranges (its app's sliders): the last `hires_steps`
+    # of a schedule of hires_steps / hires_denoise steps.
+    hires_steps: Annotated[int, Field(ge=1, le=100)] = 20
+    hires_denoise: Annotated[float, Field(ge=0.1, le=1.0)] = 0.4
+    # SPEC 5.6: "omost" (its un-projected pooled embedding: Omost's picture) or "sdxl" (standard).
+    pooled: Literal["omost", "sdxl"] = "omost"
     memory: Literal["auto", "resident", "offload"] = "auto"
     quantize: Literal["none", "4bit"] = "none"  # flux2-klein: NF4 transformer + text encoder
     device: Device = "auto"
 
     _sizes = field_validator("width", "height")(_multiple_of_64)
-    _finite_floats = field_validator("cfg", "hires_scale")(_finite)
+    _finite_floats = field_validator("cfg", "hires_scale", "hires_denoise")(_finite)
 
     @model_validator(mode="after")
     def _quantize_needs_flux(self) -> RenderConfig:

@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import aiosqlite
 
@@ -245,10 +245,10 @@ class Store:
         params_json = json.dumps(dict(params or {}), sort_keys=True)
         async with self._transaction() as db:
             if parent_id is not None:
-                async with db.execute(
+                rows = await db.execute_fetchall(
                     "SELECT conversation_id FROM turns WHERE id = ?", (parent_id,)
-                ) as cursor:
-                    row = await cursor.fetchone()
+                )
+                row = next(iter(rows), None)
                 if row is None:
                     raise TurnNotFound(parent_id)
                 if row[0] != conversation_id:
@@ -256,7 +256,7 @@ class Store:
                         f"turn #{parent_id} belongs to conversation {row[0]}, not {conversation_id}"
                     )
             now = self._clock()
-            async with db.execute(
+            inserted = await db.execute_fetchall(
                 f"INSERT INTO turns (conversation_id, parent_id, kind, owner, user_text, "
                 f"canvas_code, status, seed, params, created_at, updated_at) "
                 f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING {_TURN_COLUMNS}",
@@ -273,11 +273,10 @@ class Store:
                     now,
                     now,
                 ),
-            ) as cursor:
-                inserted = await cursor.fetchone()
-            assert inserted is not None
-            await self._insert_links(db, inserted[0], links)
-        return _turn(inserted)
+            )
+            row = next(iter(inserted))  # RETURNING always yields the inserted row
+            await self._insert_links(db, row[0], links)
+        return _turn(row)
 
     async def get_turn(self, turn_id: int) -> Turn:
         row = await self._row(f"SELECT {_TURN_COLUMNS} FROM turns WHERE id = ?", (turn_id,))
@@ -344,21 +343,30 @@ class Store:
             where_args += [*sources, wanted.value]
         sets.append("updated_at = ?")
         args.append(self._clock())
+        update = f"UPDATE turns SET {', '.join(sets)} WHERE {where} RETURNING {_TURN_COLUMNS}"
+        if not links:  # one statement is its own transaction (autocommit): one hop to the thread
+            async with self._write_lock:
+                row = next(iter(await self._db.execute_fetchall(update, [*args, *where_args])), None)
+            if row is None:
+                await self._refused(turn_id, wanted, self._db)
+            return _turn(row)
         async with self._transaction() as db:
-            async with db.execute(
-                f"UPDATE turns SET {', '.join(sets)} WHERE {where} RETURNING {_TURN_COLUMNS}",
-                [*args, *where_args],
-            ) as cursor:
+            async with db.execute(update, [*args, *where_args]) as cursor:
                 row = await cursor.fetchone()
             if row is None:
-                async with db.execute("SELECT status FROM turns WHERE id = ?", (turn_id,)) as cur:
-                    current = await cur.fetchone()
-                if current is None:
-                    raise TurnNotFound(turn_id)
-                assert wanted is not None  # without a status change the update cannot miss
-                raise InvalidTransition(turn_id, TurnStatus(current[0]), wanted)
+                await self._refused(turn_id, wanted, db)
             await self._insert_links(db, turn_id, links)
         return _turn(row)
+
+    @staticmethod
+    async def _refused(turn_id: int, wanted: TurnStatus | None, db: aiosqlite.Connection) -> NoReturn:
+        """Why an update matched no row: no such turn, or a status change the lifecycle refuses."""
+        rows = await db.execute_fetchall("SELECT status FROM turns WHERE id = ?", (turn_id,))
+        current = next(iter(rows), None)
+        if current is None:
+            raise TurnNotFound(turn_id)
+        assert wanted is not None  # without a status change the update cannot miss
+        raise InvalidTransition(turn_id, TurnStatus(current[0]), wanted)
 
     def _column_changes(self, **columns: Any) -> tuple[list[str], list[Any]]:
         """The SET clauses and arguments for the columns given a value (UNSET ones are left)."""

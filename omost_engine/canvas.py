@@ -16,7 +16,6 @@ Errors:
 from __future__ import annotations
 
 import difflib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -63,10 +62,13 @@ AREAS: dict[str, tuple[int, int]] = {
 }
 
 # SPEC 3: the CSS/HTML named colours (webcolors lists both gray/grey spellings) plus navyblue.
+# webcolors' CSS3 table predates rebeccapurple (CSS Color 4), which Omost's own table has: without
+# it the name would be "corrected" to purple and the region drawn in another colour (issue 12).
 COLORS: dict[str, tuple[int, int, int]] = {
     name: tuple(webcolors.name_to_rgb(name, spec="css3")) for name in webcolors.names("css3")
 }
 COLORS["navyblue"] = (0, 0, 128)
+COLORS["rebeccapurple"] = (102, 51, 153)
 
 FUZZY_MIN_RATIO = 0.5
 """difflib similarity a near-miss name needs to be corrected rather than rejected (SPEC 3)."""
@@ -145,13 +147,18 @@ class Canvas:
 # --- normalisation -------------------------------------------------------------------------
 
 
+PROMPT_STRIP = ",. "
+"""SPEC 3: exactly these characters are stripped from both ends of a prompt string."""
+
+
 def clean_prompt(text: str) -> str:
     """SPEC 3: strip leading/trailing commas, full stops and spaces, then end with one full stop.
 
-    An empty (or punctuation-only) prompt stays empty, so it adds nothing to a bag.
+    As in Omost, nothing else is stripped (a tab or newline stays) and an empty or
+    punctuation-only string becomes "." and is kept: an empty `tags` still adds a "." suffix to
+    its region's bags, so dropping it would change the tokens the picture is drawn from.
     """
-    core = text.strip(",. \t\r\n")
-    return f"{core}." if core else ""
+    return text.strip(PROMPT_STRIP) + "."
 
 
 def closest_name(
@@ -160,22 +167,22 @@ def closest_name(
     """Lower-case `given` and match it to the most similar allowed name (SPEC 3).
 
     Returns (name, changed). No match at ratio >= 0.5 is a CanvasError listing the choices.
+    Repeated and surrounding spaces are collapsed first (a deliberate difference from Omost).
     """
     lowered = " ".join(given.lower().split())
     if lowered in allowed:
         return lowered, lowered != given
-    best, best_ratio = "", 0.0
-    for name in allowed:
-        ratio = difflib.SequenceMatcher(None, lowered, name).ratio()
-        if ratio > best_ratio:
-            best, best_ratio = name, ratio
-    if best_ratio < FUZZY_MIN_RATIO:
+    # difflib.get_close_matches is what Omost asks, so equal scores resolve as in Omost: toward
+    # the candidate that sorts last ('ayyy' -> 'navy', not 'gray'). Its ratio is also measured
+    # with the candidate as the first sequence, which is not always symmetric.
+    matches = difflib.get_close_matches(lowered, list(allowed), n=1, cutoff=FUZZY_MIN_RATIO)
+    if not matches:
         if len(allowed) > 12:
             choices = "a CSS colour name such as 'darkslategray' or 'firebrick'"
         else:
             choices = "one of " + ", ".join(repr(a) for a in allowed)
         raise CanvasError(f"{what} {given!r} is not recognised; expected {choices}", line)
-    return best, True
+    return matches[0], True
 
 
 def box_for(location: str, offset: str, area: str) -> Box:
@@ -216,8 +223,7 @@ def build_global(
     log: CorrectionLog,
     line: int | None = None,
 ) -> GlobalDescription:
-    if not clean_prompt(description):
-        raise CanvasError("the global description is empty", line)
+    # An empty description is accepted, as Omost does: it becomes "." like any empty prompt.
     return GlobalDescription(
         description=clean_prompt(description),
         detailed_descriptions=tuple(clean_prompt(d) for d in detailed_descriptions),
@@ -246,10 +252,9 @@ def build_region(
     """Validate one local description. `index` is 1-based in the order written."""
     where = f"region {index}"
     distance = float(distance_to_viewer)
-    if not math.isfinite(distance) or distance <= 0:
+    # Omost asks only `> 0`: infinity (written 1e999) is accepted and sorts farthest; NaN is not.
+    if not distance > 0:
         raise CanvasError(f"distance_to_viewer must be a positive number, got {distance_to_viewer!r}", line)
-    if not clean_prompt(description):
-        raise CanvasError(f"{where} has an empty description", line)
     return Region(
         location=log.name(location, tuple(LOCATIONS), "location", where, line),
         offset=log.name(offset, tuple(OFFSETS), "offset", where, line),
@@ -297,10 +302,6 @@ class Layout:
     """A 90 x 90 x 3 float array in 0..255 (SPEC 4)."""
 
 
-def _non_empty(items: Sequence[str]) -> tuple[str, ...]:
-    return tuple(s for s in items if s)
-
-
 def process(canvas: Canvas) -> Layout:
     """SPEC 4: regions far to near with boxes, colours, prefixes/suffixes, and the colour sketch."""
     g = canvas.global_description
@@ -311,7 +312,7 @@ def process(canvas: Canvas) -> Layout:
             rgb=COLORS[g.color],
             color=g.color,
             prefixes=(g.description,),
-            suffixes=_non_empty((*g.detailed_descriptions, g.tags)),
+            suffixes=(*g.detailed_descriptions, g.tags),
             description=g.description,
         )
     ]
@@ -324,9 +325,7 @@ def process(canvas: Canvas) -> Layout:
                 rgb=r.rgb,
                 color=r.color,
                 prefixes=(g.description, r.description),
-                suffixes=_non_empty(
-                    (*r.detailed_descriptions, r.tags, r.atmosphere, r.style, r.quality_meta)
-                ),
+                suffixes=(*r.detailed_descriptions, r.tags, r.atmosphere, r.style, r.quality_meta),
                 description=r.description,
                 location=r.location,
                 offset=r.offset,

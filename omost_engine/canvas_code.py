@@ -8,9 +8,12 @@ shape is interpreted:
     canvas.set_global_description(<keyword>=<literal>, ...)
     canvas.add_local_description(<keyword>=<literal>, ...)     # repeated
 
-Literals are str, int/float (a leading minus allowed so the error can say "must be positive") and
-lists of str. Comments and blank lines may stand anywhere. Nothing is ever executed, evaluated or
-compiled into a code object; `ast.parse` only builds a syntax tree.
+Arguments may also be passed by position, in the order of Omost's method signatures (read as
+data, the way Python would bind them). Literals are str, int/float (a leading minus allowed so
+the error can say "must be positive"; 1e999 reads as infinity, as in Omost) and lists of str
+(a tuple is read as a list). Only the first ```python block of an answer is read. Comments
+and blank lines may stand anywhere. Nothing is ever executed, evaluated or compiled into a
+code object; `ast.parse` only builds a syntax tree.
 
 Errors are `CanvasError` (from canvas.py) with the line in the code and what was expected.
 This module knows nothing of chats, models or GPUs.
@@ -89,10 +92,13 @@ class CodeBlock:
 
 
 def find_code(text: str) -> CodeBlock:
-    """The canvas code in a whole answer: one ```python block, or the text itself if bare code."""
+    """The canvas code in a whole answer: its first ```python block, or the text itself if bare code.
+
+    Like Omost, the first complete python block is the canvas and any later block is ignored
+    (an answer that quotes its canvas twice is still drawn).
+    """
     _check_size(text)
     lines = text.split("\n")
-    blocks: list[tuple[int, int]] = []  # (first code line index, end index), 0-based
     open_at: int | None = None
     open_lang = ""
     for i, line in enumerate(lines):
@@ -103,21 +109,12 @@ def find_code(text: str) -> CodeBlock:
             open_at, open_lang = i, m.group(1).lower()
         elif m.group(1) == "":
             if open_lang in _PYTHON_LANGS:
-                blocks.append((open_at + 1, i))
+                return CodeBlock("\n".join(lines[open_at + 1 : i]), open_at + 2)
             open_at = None
     if open_at is not None and open_lang in _PYTHON_LANGS:
         raise CanvasError(
             f"the code block opened on line {open_at + 1} of the answer is never closed with ```"
         )
-    if len(blocks) > 1:
-        where = ", ".join(str(start) for start, _ in blocks)
-        raise CanvasError(
-            f"the answer holds {len(blocks)} code blocks (starting on lines {where}); "
-            "expected exactly one ```python block with the canvas"
-        )
-    if blocks:
-        start, end = blocks[0]
-        return CodeBlock("\n".join(lines[start:end]), start + 1)
     if not re.search(r"\bcanvas\s*[=.]|\bCanvas\(", text):
         raise CanvasError("the answer holds no ```python code block with a canvas")
     return CodeBlock(text, 1)
@@ -319,14 +316,8 @@ class _Interpreter:
         method = self._method_name(call, line)
         if not self.has_canvas:
             raise CanvasError(f"canvas.{method}(...) comes before `canvas = Canvas()`", line)
-        if call.args:
-            raise CanvasError(
-                f"canvas.{method}(...) takes keyword arguments only, found "
-                f"{_describe(call.args[0])} passed by position",
-                line,
-            )
         fields = GLOBAL_FIELDS if method == GLOBAL_METHOD else LOCAL_FIELDS
-        values = self._keywords(call, method, fields, line)
+        values = self._arguments(call, method, fields, line)
         if method == GLOBAL_METHOD:
             if self.global_description is not None:
                 raise CanvasError(
@@ -401,10 +392,21 @@ class _Interpreter:
             )
         return func.attr
 
-    def _keywords(
-        self, call: ast.Call, method: str, fields: dict[str, _Kind], line: int
-    ) -> dict[str, Any]:
+    def _arguments(self, call: ast.Call, method: str, fields: dict[str, _Kind], line: int) -> dict[str, Any]:
+        """The call's arguments by field name: positional ones in the signature's order (as Python
+        binds them for Omost's Canvas), then keywords."""
         values: dict[str, Any] = {}  # each value's type is checked by _literal for its field
+        if len(call.args) > len(fields):
+            raise CanvasError(
+                f"canvas.{method}(...) takes {len(fields)} arguments, "
+                f"found {len(call.args)} passed by position",
+                line,
+            )
+        for name, node in zip(fields, call.args, strict=False):
+            arg_line = getattr(node, "lineno", line)
+            if isinstance(node, ast.Starred):
+                raise CanvasError(f"canvas.{method}(...) does not take {_describe(node)}", arg_line)
+            values[name] = _literal(node, name, fields[name], arg_line)
         for kw in call.keywords:
             kw_line = getattr(kw, "lineno", line)
             if kw.arg is None:
@@ -414,7 +416,7 @@ class _Interpreter:
                 hint = f" (did you mean {near[0]!r}?)" if near else ""
                 raise CanvasError(f"canvas.{method}(...) has no keyword {kw.arg!r}{hint}", kw_line)
             if kw.arg in values:
-                raise CanvasError(f"keyword {kw.arg!r} is given twice", kw_line)
+                raise CanvasError(f"keyword {kw.arg!r} is given twice (or also by position)", kw_line)
             values[kw.arg] = _literal(kw.value, kw.arg, fields[kw.arg], kw_line)
         missing = [f for f in fields if f not in values]
         if missing:
@@ -562,6 +564,11 @@ def _lit(value: str) -> str:
     return repr(value)
 
 
+def _number(value: float) -> str:
+    # repr(inf) is "inf", a variable name the reader refuses; 1e999 is the literal that reads as inf.
+    return "1e999" if value == float("inf") else repr(value)
+
+
 def _list(items: tuple[str, ...], indent: str) -> str:
     if not items:
         return "[]"
@@ -597,7 +604,7 @@ def to_code(canvas: Canvas) -> str:
             f"    location={_lit(r.location)},",
             f"    offset={_lit(r.offset)},",
             f"    area={_lit(r.area)},",
-            f"    distance_to_viewer={r.distance_to_viewer!r},",
+            f"    distance_to_viewer={_number(r.distance_to_viewer)},",
             f"    description={_lit(r.description)},",
             f"    detailed_descriptions={_list(r.detailed_descriptions, '    ')},",
             f"    tags={_lit(r.tags)},",

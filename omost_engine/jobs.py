@@ -59,7 +59,6 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-
 class FailureKind(StrEnum):
     """Why a job failed, for callers that react differently (e.g. offer Retry on a timeout)."""
 

@@ -51,8 +51,11 @@ def test_colours_include_both_grey_spellings_and_navyblue() -> None:
         ("A cat", "A cat."),
         (" a cat., ", "a cat."),
         ("tags, with, commas,", "tags, with, commas."),
-        ("...", ""),
-        ("", ""),
+        ("...", "."),
+        ("", "."),
+        (" ,. ", "."),
+        ("\ta cat\n", "\ta cat\n."),  # only commas, dots and spaces are stripped (Omost)
+        ("a cat\t.", "a cat\t."),
     ],
 )
 def test_clean_prompt(raw: str, clean: str) -> None:
@@ -171,7 +174,8 @@ def test_equal_distances_keep_written_order() -> None:
     )
     layout = process(parse(code))
     assert [r.description for r in layout.regions[1:]] == ["A cat.", "A dog."]
-    assert layout.regions[2].suffixes == ()  # empty prompts add nothing to a bag
+    # Omost keeps empty prompts: each becomes a "." suffix in the region's bags.
+    assert layout.regions[2].suffixes == (".", ".", ".", ".")
 
 
 def test_colour_sketch_blends_far_to_near() -> None:

@@ -95,10 +95,16 @@ HOSTILE: list[tuple[str, str, int | None, str]] = [
     ("starred", "canvas = Canvas()\ncanvas.set_global_description(*args)\n", 2, "a starred"),
     ("kwargs", "canvas = Canvas()\ncanvas.set_global_description(**kw)\n", 2, "keyword unpacking"),
     (
-        "positional",
-        "canvas = Canvas()\ncanvas.set_global_description('A room', [], 'room', 'white')\n",
+        "too-many-positional",
+        "canvas = Canvas()\ncanvas.set_global_description('A room', [], 'room', 'white', 'x')\n",
         2,
-        "keyword arguments only",
+        "takes 4 arguments, found 5",
+    ),
+    (
+        "positional-and-keyword",
+        "canvas = Canvas()\ncanvas.set_global_description('A room', [], 'room', 'white', tags='x')\n",
+        2,
+        "'tags' is given twice",
     ),
     ("unknown-keyword", f"canvas = Canvas()\n{GLOBAL[:-1]}, colour='red')\n", 2, "no keyword 'colour'"),
     ("duplicate-keyword", f"canvas = Canvas()\n{GLOBAL[:-1]}, tags='again')\n", 2, "tags"),
@@ -151,8 +157,8 @@ HOSTILE: list[tuple[str, str, int | None, str]] = [
         "must be a number",
     ),
     (
-        "inf-distance",
-        f"canvas = Canvas()\n{GLOBAL}\n{LOCAL.replace('2.0', '1e999')}\n",
+        "minus-inf-distance",
+        f"canvas = Canvas()\n{GLOBAL}\n{LOCAL.replace('2.0', '-1e999')}\n",
         3,
         "must be a positive number",
     ),
@@ -178,7 +184,6 @@ HOSTILE: list[tuple[str, str, int | None, str]] = [
         None,
         "syntax",
     ),
-    ("two-blocks", f"```python\n{VALID}```\nand\n```python\n{VALID}```\n", None, "2 code blocks"),
     ("unterminated", f"Here:\n```python\n{VALID}", None, "never closed"),
     ("no-code", "I cannot draw that, sorry.", None, "no ```python code block"),
     (
@@ -212,7 +217,6 @@ HOSTILE: list[tuple[str, str, int | None, str]] = [
         MAX_REGIONS + 3,
         "at most",
     ),
-    ("empty-description", f"canvas = Canvas()\n{GLOBAL.replace('A room.', ' . ')}\n", 2, "empty"),
 ]
 
 

@@ -626,3 +626,14 @@ async def test_the_cancel_button_answers_only_its_owner(tmp_path: Path, fake: Fa
         await fake.wait_for(lambda: "Cancelled" in fake.messages[status]["content"])
         assert buttons(fake.messages[status]) == ["omost:retry:1"]
         assert not results(fake)
+
+
+async def test_corrections_are_shown_in_the_result(tmp_path: Path, fake: FakeDiscord) -> None:
+    from tests.test_turn_results import misspelled_canvas
+
+    code, location = misspelled_canvas()
+    async with running_bot(tmp_path, fake) as app:
+        dm = int(fake.dm_channel(1001)["id"])
+        await fake.say(code, channel_id=dm)
+        [result] = await settle(app, fake, 1, dm)
+        assert f"“{location}x” → “{location}”" in result["embeds"][0]["description"]

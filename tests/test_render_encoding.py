@@ -30,6 +30,7 @@ def text_stack(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         "tokenizer_2": CLIPTokenizer.from_pretrained(folder / "tokenizer_2"),
         "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder").eval(),
         "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(folder / "text_encoder_2").eval(),
+        "folder": folder,
     }
 
 
@@ -67,10 +68,10 @@ def test_each_region_is_its_bags_of_77_tokens_by_the_concatenated_width(text_sta
 
 
 @torch.no_grad()
-def test_a_bag_is_both_penultimate_layers_and_the_projected_pool(text_stack: dict[str, Any]) -> None:
+def test_a_bag_is_both_penultimate_layers_and_the_chosen_pool(text_stack: dict[str, Any]) -> None:
     encoder = make_encoder(text_stack)
     prefixes, suffixes = ["A red fox."], ["It sleeps in the snow.", "Soft light."]
-    hidden, pooled, bags = encoder.encode_region(prefixes, suffixes, CPU)
+    hidden, pooled, bags = encoder.encode_region(prefixes, suffixes, CPU, "sdxl")
     assert bags == 1
     ids_1 = greedy_bags(prefixes, suffixes, HFTokenizer(text_stack["tokenizer"]))[0].input_ids
     ids_2 = greedy_bags(prefixes, suffixes, HFTokenizer(text_stack["tokenizer_2"]))[0].input_ids
@@ -81,6 +82,21 @@ def test_a_bag_is_both_penultimate_layers_and_the_projected_pool(text_stack: dic
     assert torch.allclose(hidden, expected, atol=1e-6)
     assert torch.allclose(pooled, out_2.text_embeds, atol=1e-6)
     assert not torch.allclose(hidden, torch.cat([out_1.hidden_states[-1], out_2.hidden_states[-1]], -1))
+
+    # Omost's pooled embedding (the default): text_encoder_2 loaded as a plain CLIPTextModel, as
+    # Omost's app loads it, and its un-projected pooler_output; the cached bag serves both.
+    from transformers import CLIPTextModel
+
+    plain = CLIPTextModel.from_pretrained(text_stack["folder"] / "text_encoder_2").eval()
+    omost_pooled = plain(torch.tensor([ids_2])).pooler_output
+    passes = encoder.stats.encoder_passes
+    _, default_pooled, _ = encoder.encode_region(prefixes, suffixes, CPU)
+    assert encoder.stats.encoder_passes == passes  # a cache hit
+    assert torch.allclose(default_pooled, omost_pooled, atol=1e-6)
+    assert not torch.allclose(default_pooled, pooled, atol=1e-2)
+    negative_default = encoder.encode_negative(DEFAULT_NEGATIVE_PROMPT, CPU)[1]
+    negative_sdxl = encoder.encode_negative(DEFAULT_NEGATIVE_PROMPT, CPU, "sdxl")[1]
+    assert not torch.allclose(negative_default, negative_sdxl, atol=1e-2)
 
 
 def test_the_seed_second_turn_reencodes_only_what_changed(text_stack: dict[str, Any]) -> None:

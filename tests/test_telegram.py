@@ -519,3 +519,13 @@ async def test_the_cancel_button_answers_only_its_owner(tmp_path: Path, tg: Fake
         await tg.wait_for(lambda: "Cancelled" in bot.statuses(GROUP)[0].text)
         assert bot.statuses(GROUP)[0].buttons == ["omost:retry:1"]
         assert not bot.results(GROUP)
+
+
+async def test_corrections_are_shown_in_the_result(tmp_path: Path, tg: FakeTelegram) -> None:
+    from tests.test_turn_results import misspelled_canvas
+
+    code, location = misspelled_canvas()
+    async with telegram_bot(tmp_path, tg) as bot:
+        tg.user_message(ALICE, code)
+        (result,) = await bot.results_in(ALICE, 1)
+        assert f"“{location}x” → “{location}”" in result.text

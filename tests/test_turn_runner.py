@@ -123,3 +123,37 @@ async def test_an_ordinary_turn_costs_seven_store_round_trips(tmp_path: Path) ->
         assert len(trips) == ORDINARY_TURN_ROUND_TRIPS, "\n".join(trips)
     finally:
         await app.__aexit__(None, None, None)
+
+
+async def test_an_edit_keeps_its_parents_seed_unless_the_user_says_otherwise(tmp_path: Path) -> None:
+    app, bot = await open_bot(tmp_path)
+    try:
+        await bot.adapter.say("a lighthouse in a storm")
+        await bot.settle()
+        first = await bot.turn(1)
+        image = bot.adapter.posts("image")[-1]
+        await bot.adapter.say("add a red boat", reply_to=image.ref.message_id)  # a reply: same seed
+        await bot.adapter.say("make it night")  # the thread's head: same seed again
+        await bot.settle()
+        assert (await bot.turn(2)).seed == first.seed == (await bot.turn(3)).seed
+        assert f"seed {first.seed}" in bot.adapter.posts("image")[-1].post.text  # the result shows it
+
+        await bot.adapter.press("seed", 3)  # New seed: a different one
+        await bot.settle()
+        assert (await bot.turn(4)).seed != first.seed
+
+        await bot.adapter.say("7", command="seed")  # /seed 7 from now on
+        await bot.adapter.say("add a moon")
+        await bot.settle()
+        assert (await bot.turn(5)).seed == 7
+
+        await bot.adapter.say("random", command="seed")
+        await bot.adapter.say("", command="new")
+        seeds = set()
+        for n in range(3):  # new conversations: random seeds
+            await bot.adapter.say(f"picture {n}", chat=f"fresh{n}")
+            await bot.settle()
+            seeds.add((await bot.turn(6 + n)).seed)
+        assert len(seeds) == 3
+    finally:
+        await app.__aexit__(None, None, None)

@@ -18,25 +18,22 @@ if TYPE_CHECKING:  # only for annotations: the command must start without loadin
     from omost_engine.render.base import Renderer
 
 HELP = "chat with the bot in this terminal (reads stdin; scriptable)"
+DATA_DIR_HELP = (
+    "where the database and the chat's pictures (images/) and code go "
+    "(default: [data] dir, data/ beside the config file, or here without one)"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", type=Path, help="config file (default ./config.toml if present)")
-    parser.add_argument("--data-dir", type=Path, help="override [data] dir")
+    parser.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
 
 
 def load(args: argparse.Namespace) -> Config:
-    """The config, with --data-dir applied; exits 2 with the config error's message."""
-    from bot.config import ConfigError, load_config
+    """The config, with --data-dir applied (bot/commands/config_arg.py)."""
+    from bot.commands.config_arg import load_config_for
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if getattr(args, "data_dir", None) is not None:
-        config = config.model_copy(update={"data": config.data.model_copy(update={"dir": args.data_dir})})
-    return config
+    return load_config_for(args)
 
 
 async def chat(
@@ -62,5 +59,17 @@ async def chat(
 
 
 def run(args: argparse.Namespace) -> int:
-    config = load(args)
-    return asyncio.run(chat(config))
+    return run_chat(load(args))
+
+
+def run_chat(config: Config) -> int:
+    """The terminal chat as a program: weights checked first (offered for download in a
+    terminal), start-up failures as one line (bot/operator_errors.py), our logs left to the chat."""
+    from bot.firststart import check_weights_at_start
+    from bot.logs import quiet_for_terminal_chat
+    from bot.operator_errors import operator_failures
+
+    quiet_for_terminal_chat()
+    check_weights_at_start(config)
+    with operator_failures(config):
+        return asyncio.run(chat(config))

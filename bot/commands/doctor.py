@@ -38,9 +38,13 @@ def _gpu() -> dict[str, Any]:
 
 
 def _weights(model: str) -> dict[str, Any]:
+    from bot.firststart import is_hub_id
+
     path = Path(model).expanduser()
     if path.exists():
         return {"model": model, "present": True, "where": str(path)}
+    if not is_hub_id(model):  # nothing to download for a path
+        return {"model": model, "present": False, "where": "missing: no such file or folder"}
     try:
         from huggingface_hub import scan_cache_dir
 
@@ -53,7 +57,7 @@ def _weights(model: str) -> dict[str, Any]:
         "present": present,
         "where": "Hugging Face cache"
         if present
-        else "missing: run `omost-bot download` or point config at a folder",
+        else "missing: run `omost-bot download` or point the config at a folder",
     }
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 HELP = "fetch the language model and/or image model (SDXL or FLUX.2 [klein]) weights, with progress bars"
+LIBRARY_PROGRESS = True  # huggingface_hub's bars are what this command shows (bot/cli.py)
 
 DEFAULT_LLM_MODEL = "lllyasviel/omost-llama-3-8b-4bits"
 DEFAULT_RENDER_MODEL = "SG161222/RealVisXL_V4.0"
@@ -114,6 +115,8 @@ def _failure(item: Fetch, error: Exception) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bot.firststart import is_hub_id
+
     config = None
     if args.config is not None or Path("config.toml").is_file():
         from bot.commands.chat import load
@@ -125,6 +128,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"{item.kind}: {item.model} is a local folder; nothing to download")
             if item.kind == "render":
                 print(f"render: {item.model} is a {_family(item.model)} model")
+            continue
+        if not is_hub_id(item.model):  # a path that is not there: the hub cannot help
+            flag = "--llm-model" if item.kind == "llm" else "--render-model"
+            print(
+                f"error: {item.model} is neither a folder on this machine nor a hub id (owner/name): "
+                f"fix {item.kind}.model in the config, or pass {flag} ID",
+                file=sys.stderr,
+            )
+            failed += 1
             continue
         print(f"{item.kind}: fetching {item.model}", flush=True)
         try:

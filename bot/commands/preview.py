@@ -1,7 +1,11 @@
 """`omost-bot preview FILE`: a canvas's layout as a table, a PNG and optionally JSON. No GPU.
 
-FILE is a model answer or bare canvas code (`-` reads stdin). An input that does not parse exits 2
-with the line-numbered error and writes nothing.
+FILE is a model answer, bare canvas code, one of the bot's own PNGs (its canvas is read from the
+PNG's text chunks), or `-` for stdin. An input that does not parse exits 2 with the line-numbered
+error and writes nothing; so does an output path that cannot be written, checked first.
+The PNG goes to `-o`, else beside FILE as FILE.preview.png (canvas.preview.png in the current
+folder for stdin); its path is printed (in the JSON as "preview" with --json). The layout's size
+is --width/--height, else the config's render.width/height.
 """
 
 from __future__ import annotations
@@ -16,13 +20,27 @@ HELP = "show a canvas's layout: a table, a PNG and optionally JSON (no GPU)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="FILE", help="canvas code or a whole model answer; '-' reads stdin")
-    parser.add_argument("-o", "--output", metavar="OUT.png", help="where to write the preview PNG")
-    parser.add_argument("--width", type=int, default=896, help="image width the layout is for (default 896)")
     parser.add_argument(
-        "--height", type=int, default=1152, help="image height the layout is for (default 1152)"
+        "file", metavar="FILE", help="canvas code, a whole model answer or one of our PNGs; '-' reads stdin"
     )
-    parser.add_argument("--json", action="store_true", help="print the layout as JSON instead of a table")
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT.png",
+        help="where to write the preview PNG (default: FILE.preview.png beside FILE; "
+        "canvas.preview.png here for stdin)",
+    )
+    parser.add_argument(
+        "--width", type=int, help="image width the layout is for (default: render.width, 896)"
+    )
+    parser.add_argument(
+        "--height", type=int, help="image height the layout is for (default: render.height, 1152)"
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='print the layout as JSON instead of a table (with "preview": path)',
+    )
 
 
 def layout_json(layout: Any, corrections: Any, width: int, height: int) -> dict[str, Any]:
@@ -66,36 +84,46 @@ def layout_table(layout: Any) -> str:
     return "\n".join(lines)
 
 
+def default_output(file: str) -> Path:
+    """Where the preview PNG goes without -o (the docstring and --help say the same)."""
+    if file == "-":
+        return Path("canvas.preview.png")
+    path = Path(file)
+    return (
+        path.with_name(path.stem + ".preview.png")
+        if path.suffix
+        else path.with_name(path.name + ".preview.png")
+    )
+
+
 def run(args: argparse.Namespace) -> int:
-    from bot.commands.canvas_input import BadInput, read_canvas
+    from bot.commands.canvas_input import BadInput, check_output, read_canvas
+    from bot.commands.config_arg import load_config_for
     from omost_engine.canvas import process
     from omost_engine.preview import render_layout_preview
 
-    if args.width <= 0 or args.height <= 0:
-        print(
-            f"error: --width and --height must be positive, got {args.width}x{args.height}", file=sys.stderr
-        )
+    config = load_config_for(args)
+    width = args.width if args.width is not None else config.render.width
+    height = args.height if args.height is not None else config.render.height
+    if width <= 0 or height <= 0:
+        print(f"error: --width and --height must be positive, got {width}x{height}", file=sys.stderr)
         return 2
+    out = Path(args.output) if args.output else default_output(args.file)
     try:
+        check_output(out)
         canvas = read_canvas(args.file)
     except BadInput as e:
         print(e, file=sys.stderr)
         return 2
     layout = process(canvas)
-
-    if args.output:
-        out = Path(args.output)
-    elif args.file == "-":
-        out = Path("canvas.preview.png")
-    else:
-        out = Path(args.file).with_suffix(".preview.png")
-    render_layout_preview(layout, args.width, args.height).save(out)
+    render_layout_preview(layout, width, height).save(out)
 
     if args.json:
-        print(json.dumps(layout_json(layout, canvas.corrections, args.width, args.height), indent=2))
+        data = layout_json(layout, canvas.corrections, width, height)
+        print(json.dumps({**data, "preview": str(out)}, indent=2))
     else:
         print(layout_table(layout))
         for c in canvas.corrections:
             print(f"corrected {c}")
-        print(f"preview written to {out}", file=sys.stderr)
+    print(f"preview written to {out}", file=sys.stderr)
     return 0

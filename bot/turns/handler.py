@@ -191,7 +191,7 @@ class ChatHandler:
         settings = await self.book.effective(
             message.platform, message.user, chat_key(message), message.options
         )
-        seed = settings.seed if settings.seed is not None else self.new_seed()
+        seed = self._seed_for(settings, parent)
         links = (
             [(message.platform, message.chat, message.message_id, LinkRole.USER)]
             if message.message_id
@@ -213,6 +213,15 @@ class ChatHandler:
         )
         self.runner.start(live, canvas_of(parent) if canvas is not None else None)
         return None
+
+    def _seed_for(self, settings: TurnSettings, parent: Turn | None) -> int:
+        """The seed a user set (/seed N, an option) wins; an edit keeps its parent's seed, so only
+        what the user asked for changes (as Omost's app does); a new picture gets a random one."""
+        if settings.seed is not None:
+            return settings.seed
+        if parent is not None and parent.seed is not None:
+            return parent.seed
+        return self.new_seed()
 
     def _checked_canvas(self, code: str) -> Canvas:
         try:

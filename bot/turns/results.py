@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import io
+from pathlib import Path
 
 from adapters.base import Adapter, Button, ButtonAction, OutFile, Post
 from bot.store import LinkRole, Store, Turn, TurnKind, TurnStatus
@@ -78,14 +79,57 @@ def _layout_png(canvas: Canvas, width: int, height: int) -> bytes:
     return buffer.getvalue()
 
 
+MAX_CORRECTIONS_SHOWN = 5
+
+
+def corrections_line(canvas: Canvas) -> str:
+    """The names that were read as the nearest allowed ones (every correction is reported)."""
+    if not canvas.corrections:
+        return ""
+    shown = [
+        f"“{c.given}” → “{c.corrected}”" + (f" (line {c.line})" if c.line is not None else "")
+        for c in canvas.corrections[:MAX_CORRECTIONS_SHOWN]
+    ]
+    more = len(canvas.corrections) - len(shown)
+    return (
+        "Read as the nearest allowed names: "
+        + "; ".join(shown)
+        + (f"; and {more} more" if more > 0 else "")
+        + "."
+    )
+
+
+def code_file(turn: Turn) -> OutFile:
+    return OutFile(f"turn-{turn.id}-canvas.py", (turn.canvas_code or "").encode("utf-8"), "text/x-python")
+
+
+async def post_files(live: LiveTurn, text: str, files: tuple[OutFile, ...]) -> None:
+    """A message with files (e.g. the canvas or a failed answer), linked to the turn."""
+    post = Post(text=f"Turn {live.turn.id}: {text}", files=files, turn_id=live.turn.id)
+    refs = await live.adapter.send(live.conversation.chat, live.conversation.thread, post)
+    await live.store.link_messages(
+        live.turn.id, [(r.platform, r.chat, r.message_id, LinkRole.CODE) for r in refs]
+    )
+
+
+async def keep_failed_answer(live: LiveTurn, answer: str) -> OutFile:
+    """The model's answer that did not parse, saved beside the turn's other files."""
+    data = answer.encode("utf-8")
+    path = live.store.new_image_path(live.turn.id, ".txt")
+    await asyncio.to_thread(path.write_bytes, data)
+    return OutFile(f"turn-{live.turn.id}-answer.txt", data, "text/plain", path=str(path))
+
+
 async def post_layout_preview(live: LiveTurn, canvas: Canvas) -> None:
     """The layout preview; its message is linked with the turn's next write (`live.links`)."""
     settings = live.settings
     # drawn off the event loop: it is the bot's costliest step of its own (a few ms)
     png = await asyncio.to_thread(_layout_png, canvas, settings.width, settings.height)
     n = len(canvas.regions)
+    corrected = corrections_line(canvas)
     post = Post(
-        text=f"Turn {live.turn.id}: layout: {n} region{'s' if n != 1 else ''}. Drawing next…",
+        text=f"Turn {live.turn.id}: layout: {n} region{'s' if n != 1 else ''}. Drawing next…"
+        + (f"\n{corrected}" if corrected else ""),
         image=OutFile(f"turn-{live.turn.id}-layout.png", png, "image/png"),
         role="preview",
         turn_id=live.turn.id,
@@ -94,14 +138,19 @@ async def post_layout_preview(live: LiveTurn, canvas: Canvas) -> None:
     live.links += [(ref.platform, ref.chat, ref.message_id, LinkRole.PREVIEW) for ref in refs]
 
 
+def _encode_and_write(result: RenderResult, metadata: dict[str, str], path: Path) -> bytes:
+    data = encode_png(result.image, metadata)
+    path.write_bytes(data)
+    return data
+
+
 async def store_result(live: LiveTurn, result: RenderResult, model_name: str) -> bytes:
     """Write the picture (with the canvas and settings in its metadata) and mark the turn done."""
     code = live.turn.canvas_code or ""
     # the renderer's chunks, with the turn's own canvas code and settings taking precedence
     metadata = {**result.metadata, **png_metadata(code, result.params, result.model or model_name)}
-    data = await asyncio.to_thread(encode_png, result.image, metadata)
     path = live.store.new_image_path(live.turn.id)
-    await asyncio.to_thread(path.write_bytes, data)
+    data = await asyncio.to_thread(_encode_and_write, result, metadata, path)
     await live.save(status=TurnStatus.DONE, image_path=path)
     return data
 
@@ -124,8 +173,11 @@ async def announce(
         f"{change}\n{canvas.global_description.description} · seed {turn.seed} · "
         f"{settings.width}x{settings.height}{hires}"
     )
+    corrected = corrections_line(canvas)
+    if corrected:
+        summary += f"\n{corrected}"
     image = OutFile(f"turn-{turn.id}.png", data, "image/png", path=str(path))
-    files = [OutFile(f"turn-{turn.id}-canvas.py", (turn.canvas_code or "").encode("utf-8"), "text/x-python")]
+    files = [code_file(turn)]
     if settings.png:
         files.append(image)
     post = Post(

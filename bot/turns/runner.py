@@ -36,6 +36,7 @@ from omost_engine.jobs import (
     ComposeJob,
     ComposeResult,
     Failed,
+    FailureKind,
     Finished,
     PartParsed,
     Queued,
@@ -253,6 +254,11 @@ class TurnRunner:
     async def _job_ended(self, live: LiveTurn, event: Failed | Cancelled) -> None:
         if isinstance(event, Failed):
             await live.end(TurnStatus.FAILED, event.message, retry=True)
+            if event.kind == FailureKind.MODEL_NOT_AVAILABLE and live.turn.canvas_code is not None:
+                # no renderer weights yet: the canvas is still worth having (the preview is posted)
+                await results.post_files(
+                    live, "the canvas, to draw once the weights are there.", (results.code_file(live.turn),)
+                )
         else:
             await live.end(TurnStatus.CANCELLED, f"Cancelled ({event.reason}).", retry=True)
 
@@ -322,6 +328,8 @@ class TurnRunner:
             error = result.parse_error or CanvasError("the answer holds no canvas")
             await live.save(status=TurnStatus.RUNNING, assistant_text=result.text)
             await live.end(TurnStatus.FAILED, f"The model's answer did not parse: {error}", retry=True)
+            answer = await results.keep_failed_answer(live, result.text)
+            await results.post_files(live, "the model's answer, as it wrote it.", (answer,))
             return None
         blocked = self.policy.check_canvas(canvas)
         if not blocked.allowed:

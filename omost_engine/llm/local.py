@@ -173,11 +173,13 @@ class LocalBackend:
             where = f"The language model {model!r} is not on this machine, and downloads are off (offline)."
         else:
             where = f"The language model {model!r} could not be found or downloaded ({error})."
-        return ModelNotAvailable(
-            model,
-            f"{where} Fetch it with `omost-bot download --llm --llm-model {model}`, "
-            "or point the config at a local folder that holds it.",
+        fix = (
+            "Check the path, or use a hub id and fetch it with `omost-bot download --llm`."
+            if _looks_like_path(model)  # nothing to download for a local folder
+            else f"Fetch it with `omost-bot download --llm --llm-model {model}`, "
+            "or point the config at a local folder that holds it."
         )
+        return ModelNotAvailable(model, f"{where} {fix}")
 
     def _pick_device(self) -> str:
         import torch
@@ -359,8 +361,8 @@ class LocalBackend:
             kwargs["pad_token_id"] = self._tokenizer.pad_token_id
         if params.temperature <= 0:  # SPEC 7: temperature 0 means greedy
             kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=None)
+        else:  # top_k 50: transformers' default, which Omost's call leaves in force (issue 12)
+            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=50)
         return kwargs
 
     def _stream(

@@ -10,19 +10,33 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 from PIL import Image
 
-from omost_engine.canvas import Canvas
+from omost_engine.canvas import GRID, Canvas
 from omost_engine.errors import EngineError
+from omost_engine.render.edit_plan import EditSpec
 
 DEFAULT_NEGATIVE_PROMPT = "lowres, bad anatomy, bad hands, cropped, worst quality"
+
+PooledEmbedding = Literal["omost", "sdxl"]
+"""SPEC 5.6: "omost" feeds text_encoder_2's un-projected pooler output (Omost's app, the default:
+same canvas and seed, same picture); "sdxl" its projected `text_embeds` (standard SDXL)."""
+POOLED_EMBEDDINGS: tuple[str, ...] = get_args(PooledEmbedding)
 
 
 @dataclass(frozen=True)
 class RenderParams:
-    """SPEC 6 defaults: 896 wide x 1152 high, 25 steps, CFG 5, seed 12345, hires off."""
+    """SPEC 6 defaults: 896 wide x 1152 high, 25 steps, CFG 5, seed 12345, hires off.
+
+    `hires_steps` and `hires_denoise` follow Omost's high-resolution fix (20 and 0.4 by default;
+    see `hires_schedule`); `pooled` chooses the pooled text embedding (SPEC 5.6).
+
+    `frame_zoom` draws the canvas's boxes scaled by 1 / frame_zoom about the centre (a zoomed-out
+    picture's framing, kept by every later render of it); `edit` makes the render an edit of a
+    parent picture (`edit_plan.EditSpec`: inpaint changed regions, vary one, zoom out).
+    """
 
     width: int = 896
     height: int = 1152
@@ -33,6 +47,9 @@ class RenderParams:
     hires_scale: float = 1.0
     hires_steps: int = 20
     hires_denoise: float = 0.4
+    pooled: PooledEmbedding = "omost"
+    frame_zoom: float = 1.0
+    edit: EditSpec | None = None
 
 
 SIZE_MULTIPLE = 64
@@ -42,6 +59,10 @@ CFG_RANGE = (0.0, 30.0)
 HIRES_SCALE_RANGE = (1.0, 2.0)
 HIRES_MIN_SCALE = 1.05
 """SPEC 6: the high-resolution fix runs when the scale is above this."""
+MAX_FRAME_ZOOM = 8.0
+"""A picture may be zoomed out (in total) at most this far: its boxes stay a few grid cells wide."""
+MAX_HIRES_SCHEDULE = 1000
+"""The hires schedule cannot be longer than the model's 1000 training timesteps."""
 
 
 class InvalidRenderParams(EngineError, ValueError):
@@ -70,6 +91,38 @@ def check_params(params: RenderParams) -> None:
         raise InvalidRenderParams(f"hires steps must be between 1 and 150; got {params.hires_steps}")
     if not 0.0 < params.hires_denoise <= 1.0:
         raise InvalidRenderParams(f"hires denoise must be in (0, 1]; got {params.hires_denoise}")
+    if int(params.hires_steps / params.hires_denoise) > MAX_HIRES_SCHEDULE:
+        raise InvalidRenderParams(
+            f"hires steps / hires denoise must be at most {MAX_HIRES_SCHEDULE}; got "
+            f"{params.hires_steps} / {params.hires_denoise}"
+        )
+    if not 1.0 <= params.frame_zoom <= MAX_FRAME_ZOOM:
+        raise InvalidRenderParams(
+            f"frame zoom must be between 1 and {MAX_FRAME_ZOOM}; got {params.frame_zoom}"
+        )
+    if params.edit is not None:
+        _check_edit(params.edit)
+    if params.pooled not in POOLED_EMBEDDINGS:
+        raise InvalidRenderParams(
+            f"pooled must be one of {', '.join(POOLED_EMBEDDINGS)}; got {params.pooled!r}"
+        )
+
+
+def _check_edit(edit: EditSpec) -> None:
+    if edit.kind not in ("inpaint", "vary", "zoom_out"):
+        raise InvalidRenderParams(f"edit kind must be inpaint, vary or zoom_out; got {edit.kind!r}")
+    if edit.margin < 0 or edit.feather < 0:
+        raise InvalidRenderParams("edit margin and feather must not be negative")
+    if edit.kind == "zoom_out" and not 1.0 < edit.zoom <= MAX_FRAME_ZOOM:
+        raise InvalidRenderParams(f"zoom must be above 1 and at most {MAX_FRAME_ZOOM}; got {edit.zoom}")
+    if edit.kind != "zoom_out" and not edit.boxes:
+        raise InvalidRenderParams("an inpaint or vary edit needs at least one box to redraw")
+    for box in edit.boxes:
+        top, bottom, left, right = box
+        if not (0 <= top < bottom <= GRID and 0 <= left < right <= GRID):
+            raise InvalidRenderParams(f"edit box {box} is not inside the {GRID} x {GRID} grid")
+    if edit.crop not in ("auto", "always", "never"):
+        raise InvalidRenderParams(f"edit crop must be auto, always or never; got {edit.crop!r}")
 
 
 def hires_size(params: RenderParams) -> tuple[int, int] | None:
@@ -83,6 +136,18 @@ def hires_size(params: RenderParams) -> tuple[int, int] | None:
     )
 
 
+def hires_schedule(steps: int, denoise: float) -> tuple[int, int]:
+    """Omost's high-resolution fix schedule: (length of the Karras schedule, steps run from its end).
+
+    Omost builds the Karras schedule of int(steps / denoise) steps and runs its last `steps`
+    (steps + 1 sigmas), so the pass starts at that schedule's sigma number int(steps / denoise) -
+    steps. (diffusers' img2img with round(steps / denoise) and `strength` lands there only for
+    some settings.)
+    """
+    total = int(steps / denoise)
+    return total, min(steps, total)
+
+
 @dataclass(frozen=True)
 class Step:
     """Progress of one render: step `index` (1-based) of `total`, with an optional cheap preview."""
@@ -90,7 +155,7 @@ class Step:
     index: int
     total: int
     preview: Image.Image | None = None
-    phase: str = "base"  # "base" or "hires"
+    phase: str = "base"  # "base", "hires" or "edit"
 
 
 StepCallback = Callable[[Step], None]

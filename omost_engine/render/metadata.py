@@ -1,8 +1,10 @@
 """PNG text chunks that let a rendered image be dropped back into a chat to continue from it.
 
 `png_metadata()` gives the chunks (canvas code, seed, steps, CFG, size, model, negative prompt,
-hires settings); `encode_png()` writes an image with them; `read_png_metadata()` restores them
-(`read_png_metadata_async()` does so off the event loop, within a time bound).
+hires settings, pooled embedding, frame zoom); an edit render adds `omost:edit` (what was redrawn:
+kind, boxes, margin, feather), `omost:edit_window` and `omost:edit_redrawn`. `encode_png()` writes
+an image with them; `read_png_metadata()` restores them (`read_png_metadata_async()` does so off
+the event loop, within a time bound).
 
 The reader treats the file as hostile input. It walks the PNG chunk stream itself and reads only
 the header (IHDR), the animation header (acTL) and text chunks (tEXt, zTXt, iTXt) whose keyword
@@ -38,7 +40,7 @@ from PIL import Image, PngImagePlugin
 from omost_engine.canvas import Canvas
 from omost_engine.canvas_code import MAX_INPUT_CHARS, parse
 from omost_engine.errors import EngineError
-from omost_engine.render.base import HIRES_SCALE_RANGE, MAX_SIZE, RenderParams
+from omost_engine.render.base import HIRES_SCALE_RANGE, MAX_SIZE, POOLED_EMBEDDINGS, RenderParams
 
 PREFIX = "omost:"
 CANVAS_KEY = PREFIX + "canvas"
@@ -56,6 +58,7 @@ _NUMBERS: dict[str, tuple[type, float, float]] = {
     "hires_scale": (float, 1.0, 4.0),
     "hires_steps": (int, 1, 1000),
     "hires_denoise": (float, 0.0, 1.0),
+    "frame_zoom": (float, 1.0, 8.0),
 }
 MAX_TEXT = 4000  # the negative prompt and model name; the canvas has the parser's own limit
 
@@ -74,7 +77,8 @@ def png_metadata(code: str, params: RenderParams, model: str) -> dict[str, str]:
     """The text chunks for one render, keys prefixed with `omost:`."""
     chunks = {CANVAS_KEY: code, MODEL_KEY: model, FORMAT_KEY: FORMAT_VERSION}
     for f in fields(RenderParams):
-        chunks[PREFIX + f.name] = str(getattr(params, f.name))
+        if f.name != "edit":  # an edit's parent image is not a setting; the renderer adds omost:edit
+            chunks[PREFIX + f.name] = str(getattr(params, f.name))
     return chunks
 
 
@@ -324,6 +328,12 @@ def read_png_metadata(source: bytes | Path, limits: PngLimits | None = None) -> 
             params = replace(params, negative_prompt=negative)
         else:
             ignored.append("negative_prompt")
+    pooled = text.get(PREFIX + "pooled")
+    if pooled is not None:
+        if pooled in POOLED_EMBEDDINGS:
+            params = replace(params, pooled=pooled)
+        else:
+            ignored.append("pooled")
     model = text.get(MODEL_KEY)
     if model is not None and len(model) > MAX_TEXT:
         ignored.append("model")

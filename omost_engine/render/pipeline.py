@@ -10,12 +10,19 @@
    `cross_attention_kwargs={"regions": ...}`; the condition and the negative prompt travel as one
    combined token set (see attention.py for why);
 4. optionally the high-resolution fix (SPEC 6) with `StableDiffusionXLImg2ImgPipeline` sharing
-   the same components;
+   the same components; an edit (`params.edit`) runs `edits.render_edit` instead of 3-4, on
+   `StableDiffusionXLInpaintPipeline` sharing them too;
 5. decode with the VAE in bfloat16 (SDXL's VAE overflows in fp16).
+
+Omost fidelity (issue 12, `sampling.py`): the seed's noise is drawn on the render device, the base
+pass starts from Omost's initial latent, the hires pass runs Omost's schedule, images are
+converted to 8 bits by truncation, and the pooled embedding is Omost's unless `pooled="sdxl"`.
+With the defaults a canvas and a seed give the latents of Omost's own pipeline (same device and
+dtype, up to float rounding), through the stock pipeline and scheduler.
 
 Progress goes to `on_step` after every denoising step (with a cheap latent preview), and a set
 `cancel` event raises `errors.Interrupted` from the step callback, so a render stops within one step.
-The seed drives a CPU generator, so the same seed and settings give the same image.
+The same seed and settings give the same image on the same device.
 
 Memory modes: "resident" keeps the pipeline on the device; "offload" uses diffusers' model CPU
 offload (one component on the GPU at a time) plus VAE tiling, for small GPUs.
@@ -34,6 +41,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -49,9 +57,20 @@ from omost_engine.render.base import (
     check_params,
     hires_size,
 )
+from omost_engine.render.edit_plan import zoom_boxes
+from omost_engine.render.edits import EditOutcome, render_edit
 from omost_engine.render.encoding import Conditions, PromptEncoder
 from omost_engine.render.latent_preview import latent_to_rgb
 from omost_engine.render.metadata import png_metadata
+from omost_engine.render.sampling import (
+    draw_noise,
+    first_sigma,
+    from_pixels,
+    img2img_arguments,
+    initial_latents,
+    seeded_generator,
+    to_pixels,
+)
 
 DEFAULT_MODEL = "SG161222/RealVisXL_V4.0"
 MemoryMode = Literal["resident", "offload"]
@@ -75,11 +94,15 @@ def dpmpp_2m_karras() -> Any:
 
 
 def _not_available(model: str, reason: str) -> ModelNotAvailable:
-    return ModelNotAvailable(
-        model,
-        f"The image model {model} is not available: {reason}. Run `omost-bot download {model}` "
-        "to fetch it, or pass a local diffusers folder or a single .safetensors file.",
-    )
+    # Name a command that works as spelled; a local path has nothing to download.
+    if _looks_like_path(model):
+        fix = "Check the path, or use a hub id and fetch it with `omost-bot download --render`."
+    else:
+        fix = (
+            f"Fetch it with `omost-bot download --render --render-model {model}`, "
+            "or use a local diffusers folder or a single .safetensors file."
+        )
+    return ModelNotAvailable(model, f"The image model {model} is not available: {reason}. {fix}")
 
 
 def _looks_like_path(model: str) -> bool:
@@ -160,6 +183,7 @@ class SDXLRegionalRenderer:
         self.preview_every = preview_every
         self._pipe: Any = None
         self._img2img: Any = None
+        self._inpaint: Any = None
         self._encoder: PromptEncoder | None = None
         self._lock = threading.Lock()
 
@@ -251,6 +275,7 @@ class SDXLRegionalRenderer:
         with self._lock:
             self._pipe = None
             self._img2img = None
+            self._inpaint = None
             if self._encoder is not None:
                 self._encoder.clear_cache()
             self._encoder = None
@@ -272,9 +297,14 @@ class SDXLRegionalRenderer:
     ) -> RenderResult:
         check_params(params)
         started = time.perf_counter()
+        extra: dict[str, str] = {}
         with self._lock:
             try:
-                image = self._render(canvas, params, on_step, cancel)
+                if params.edit is not None:
+                    outcome = self._render_edit(canvas, params, on_step, cancel)
+                    image, extra = outcome.image, outcome.metadata(params.edit)
+                else:
+                    image = self._render(canvas, params, on_step, cancel)
             except Exception as e:
                 if _is_oom(e):
                     self._empty_device_cache()
@@ -290,8 +320,21 @@ class SDXLRegionalRenderer:
             params=params,
             model=self.name,
             seconds=time.perf_counter() - started,
-            metadata=png_metadata(to_code(canvas), params, self.name),
+            metadata=png_metadata(to_code(canvas), params, self.name) | extra,
         )
+
+    def render_latents(
+        self,
+        canvas: Canvas,
+        params: RenderParams,
+        *,
+        on_step: StepCallback | None = None,
+        cancel: threading.Event | None = None,
+    ) -> torch.Tensor:
+        """The final latents of a render, before the VAE decode (for comparisons and benchmarks)."""
+        check_params(params)
+        with self._lock:
+            return self._render_latents(canvas, params, on_step, cancel)
 
     def _render(
         self,
@@ -300,39 +343,86 @@ class SDXLRegionalRenderer:
         on_step: StepCallback | None,
         cancel: threading.Event | None,
     ) -> Image.Image:
+        latents = self._render_latents(canvas, params, on_step, cancel)
         _check_cancel(cancel)
+        return self.decode(latents)
+
+    def conditions(self, canvas: Canvas, params: RenderParams) -> Conditions:
+        """SPEC 5 conditions (the pooled embedding as chosen), boxes in the picture's frame."""
         pipe = self._ensure_loaded()
         assert self._encoder is not None
-        device = pipe._execution_device
         layout = process(canvas)
-        conditions = self._encoder.encode_layout(layout, params.negative_prompt, device)
-        _check_cancel(cancel)
-        generator = torch.Generator("cpu").manual_seed(params.seed)
+        device = pipe._execution_device
+        conditions = self._encoder.encode_layout(layout, params.negative_prompt, device, params.pooled)
+        if params.frame_zoom != 1.0:
+            # a zoomed-out picture: local boxes drawn scaled about the centre; the global stays whole
+            boxes = [r.box for r in conditions.regions]
+            conditions = conditions.with_boxes([boxes[0], *zoom_boxes(boxes[1:], params.frame_zoom)])
+        return conditions
 
-        latents = self._denoise(
-            pipe, conditions, params.width, params.height, params, generator, on_step, cancel, "base"
-        )
-        size = hires_size(params)
-        if size is not None:
-            _check_cancel(cancel)
-            image = self._decode(pipe, latents)
-            image = image.resize(size, Image.Resampling.LANCZOS)
-            latents = self._encode_image(pipe, image)
-            _check_cancel(cancel)
-            latents = self._denoise(
-                self._img2img_pipeline(),
-                conditions,
-                size[0],
-                size[1],
-                params,
-                generator,
-                on_step,
-                cancel,
-                "hires",
-                init_latents=latents,
-            )
+    def _render_latents(
+        self,
+        canvas: Canvas,
+        params: RenderParams,
+        on_step: StepCallback | None,
+        cancel: threading.Event | None,
+    ) -> torch.Tensor:
         _check_cancel(cancel)
-        return self._decode(pipe, latents)
+        pipe = self._ensure_loaded()
+        # 1. encode
+        conditions = self.conditions(canvas, params)
+        _check_cancel(cancel)
+        # 2. the seed's noise on the render device, scaled to Omost's first latent
+        generator = seeded_generator(params.seed, pipe._execution_device)
+        factor = pipe.vae_scale_factor
+        shape = (1, pipe.unet.config.in_channels, params.height // factor, params.width // factor)
+        noise = draw_noise(shape, generator, pipe.unet.dtype)
+        start = initial_latents(noise, first_sigma(pipe.scheduler, params.steps))
+        # 3. the base pass
+        width, height = params.width, params.height
+        latents = self.denoise(
+            pipe, conditions, (width, height), params, generator, on_step, cancel, "base",
+            width=width, height=height, num_inference_steps=params.steps, latents=start,
+        )  # fmt: skip
+        size = hires_size(params)
+        if size is None:
+            return latents
+        # 4. the high-resolution fix: decode, Lanczos, re-encode, then Omost's hires schedule (the
+        # last hires_steps of the Karras schedule of int(hires_steps / hires_denoise) steps)
+        _check_cancel(cancel)
+        latents = self.encode_image(self.decode(latents).resize(size, Image.Resampling.LANCZOS))
+        _check_cancel(cancel)
+        total, strength = img2img_arguments(params.hires_steps, params.hires_denoise)
+        return self.denoise(
+            self._img2img_pipeline(), conditions, size, params, generator, on_step, cancel,
+            "hires", image=latents, strength=strength, num_inference_steps=total,
+        )  # fmt: skip
+
+    def _render_edit(
+        self,
+        canvas: Canvas,
+        params: RenderParams,
+        on_step: StepCallback | None,
+        cancel: threading.Event | None,
+    ) -> EditOutcome:
+        _check_cancel(cancel)
+        conditions = self.conditions(canvas, params)
+        _check_cancel(cancel)
+        return render_edit(self, conditions, params, on_step, cancel)
+
+    def _shared_components(self) -> dict[str, Any]:
+        base = self._pipe
+        return dict(
+            vae=base.vae,
+            text_encoder=base.text_encoder,
+            text_encoder_2=base.text_encoder_2,
+            tokenizer=base.tokenizer,
+            tokenizer_2=base.tokenizer_2,
+            unet=base.unet,
+            scheduler=base.scheduler,
+            requires_aesthetics_score=False,
+            add_watermarker=False,
+        )
 
     def _img2img_pipeline(self) -> Any:
         if self._img2img is None:
@@ -340,34 +430,35 @@ class SDXLRegionalRenderer:
 
             # Shares every component (and the regional processors) with the base pipeline. Built
             # directly: from_pipe() without a dtype would cast the shared modules to float32.
-            base = self._pipe
-            self._img2img = StableDiffusionXLImg2ImgPipeline(
-                vae=base.vae,
-                text_encoder=base.text_encoder,
-                text_encoder_2=base.text_encoder_2,
-                tokenizer=base.tokenizer,
-                tokenizer_2=base.tokenizer_2,
-                unet=base.unet,
-                scheduler=base.scheduler,
-                requires_aesthetics_score=False,
-                add_watermarker=False,
-            )
+            self._img2img = StableDiffusionXLImg2ImgPipeline(**self._shared_components())
             self._img2img.set_progress_bar_config(disable=True)
         return self._img2img
 
-    def _denoise(
+    def inpaint_pipeline(self) -> Any:
+        """diffusers' SDXL inpainting pipeline on the same components (edits; latent blending)."""
+        self._ensure_loaded()
+        if self._inpaint is None:
+            from diffusers import StableDiffusionXLInpaintPipeline
+
+            self._inpaint = StableDiffusionXLInpaintPipeline(**self._shared_components())
+            self._inpaint.set_progress_bar_config(disable=True)
+        return self._inpaint
+
+    def denoise(
         self,
         pipe: Any,
         conditions: Conditions,
-        width: int,
-        height: int,
+        size: tuple[int, int],
         params: RenderParams,
         generator: torch.Generator,
         on_step: StepCallback | None,
         cancel: threading.Event | None,
         phase: str,
-        init_latents: torch.Tensor | None = None,
+        **call: Any,
     ) -> torch.Tensor:
+        """One pipeline call on `conditions` at size = (width, height); `call` holds that pipeline's
+        own arguments (steps, latents, image, strength, mask, micro-conditioning overrides)."""
+        width, height = size
         unet = pipe.unet
         dtype = unet.dtype
         # One combined token set [regions ; negative] for both CFG halves: attention.py's block
@@ -382,8 +473,7 @@ class SDXLRegionalRenderer:
             latent_size=(height // factor, width // factor),
             cfg=cfg,
         )
-        step_end = self._step_callback(on_step, cancel, phase)
-        common: dict[str, Any] = dict(
+        arguments: dict[str, Any] = dict(
             prompt_embeds=combined,
             negative_prompt_embeds=combined,
             pooled_prompt_embeds=conditions.pooled.to(dtype),
@@ -395,22 +485,10 @@ class SDXLRegionalRenderer:
             original_size=(height, width),  # SPEC 6 micro-conditioning
             target_size=(height, width),
             crops_coords_top_left=(0, 0),
-            callback_on_step_end=step_end,
+            callback_on_step_end=self._step_callback(on_step, cancel, phase),
             callback_on_step_end_tensor_inputs=["latents"],
         )
-        if init_latents is None:
-            out = pipe(width=width, height=height, num_inference_steps=params.steps, **common)
-        else:
-            # SPEC 6: denoise 0.4 "over 20 steps": the Karras schedule of steps / denoise, of which
-            # diffusers' strength runs the last `hires_steps` (the reference's own arrangement).
-            total = max(params.hires_steps, round(params.hires_steps / params.hires_denoise))
-            out = pipe(
-                image=init_latents,
-                strength=params.hires_denoise,
-                num_inference_steps=total,
-                **common,
-            )
-        latents: torch.Tensor = out.images
+        latents: torch.Tensor = pipe(**(arguments | call)).images
         return latents
 
     def _step_callback(
@@ -428,7 +506,9 @@ class SDXLRegionalRenderer:
         return step_end
 
     @torch.no_grad()
-    def _decode(self, pipe: Any, latents: torch.Tensor) -> Image.Image:
+    def decode(self, latents: torch.Tensor) -> Image.Image:
+        """VAE decode and Omost's truncating 8-bit conversion."""
+        pipe = self._pipe
         vae = pipe.vae
         latents = latents.to(dtype=vae.dtype)
         config = vae.config
@@ -442,14 +522,15 @@ class SDXLRegionalRenderer:
         else:
             latents = latents / config.scaling_factor
         decoded = vae.decode(latents.to(pipe._execution_device), return_dict=False)[0]
-        images: list[Image.Image] = pipe.image_processor.postprocess(decoded.float(), output_type="pil")
-        return images[0]
+        return Image.fromarray(to_pixels(decoded), mode="RGB")  # Omost's truncating conversion
 
     @torch.no_grad()
-    def _encode_image(self, pipe: Any, image: Image.Image) -> torch.Tensor:
+    def encode_image(self, image: Image.Image) -> torch.Tensor:
         """SPEC 6: VAE-encode, the distribution's mode times the scaling factor."""
+        pipe = self._pipe
         vae = pipe.vae
-        pixels = pipe.image_processor.preprocess(image).to(pipe._execution_device, dtype=vae.dtype)
+        pixels = from_pixels(np.asarray(image.convert("RGB")))
+        pixels = pixels.to(pipe._execution_device, dtype=vae.dtype)
         latents = vae.encode(pixels).latent_dist.mode()
         config = vae.config
         mean = getattr(config, "latents_mean", None)
