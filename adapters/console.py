@@ -275,7 +275,8 @@ class ConsoleAdapter:
             if file.mime == "image/png" and post.image is not None and file.data == post.image.data:
                 continue  # the lossless PNG is the image already saved
             path = self._keep(file, "code")
-            self.console.print(f"  code: {path}", style="cyan", markup=False, soft_wrap=True)
+            label = "code" if file.filename.endswith(".py") else "file"  # e.g. an answer that failed
+            self.console.print(f"  {label}: {path}", style="cyan", markup=False, soft_wrap=True)
         if post.buttons and post.turn_id is not None:
             self._show_commands(post)
 

@@ -24,6 +24,7 @@ import pexpect
 import pytest
 
 from adapters.console_input import dropped_path
+from tests.fakes.console_bot import UNPARSABLE
 from tests.seed import seed_messages
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -211,6 +212,8 @@ def test_retry_after_a_failed_parse_then_newseed_then_a_dropped_png(tmp_path: Pa
     child.sendline("a quiet harbour at dawn")
     child.expect("did not parse")
     child.expect("/retry")
+    child.expect(r"file: (\S+\.txt)")  # the answer as the model wrote it, kept beside the turn
+    assert Path(child.match.group(1)).read_text(encoding="utf-8") == UNPARSABLE
     child.sendline("/retry")
     child.expect_exact("/newseed  /rewrite  /hires")  # the result's buttons, as commands
     assert "image: " in _seen(child)
