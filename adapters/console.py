@@ -228,9 +228,10 @@ class ConsoleAdapter:
             left = sorted(self._active)
             if left:
                 turns = ", ".join(str(t) for t in left)
+                one = len(left) == 1
                 self.console.print(
-                    f"Turn {turns} {'is' if len(left) == 1 else 'are'} not finished: the next start "
-                    "finishes it.",
+                    f"Turn{'' if one else 's'} {turns} {'is' if one else 'are'} not finished: the next "
+                    f"start finishes {'it' if one else 'them'}.",
                     style="yellow",
                     markup=False,
                     soft_wrap=True,

@@ -144,7 +144,7 @@ def test_sigterm_exits_cleanly_and_the_next_start_finishes_the_turn(tmp_path: Pa
     child.sendline(FIRST)
     child.expect("drawing")
     child.kill(signal.SIGTERM)
-    child.expect("not finished: the next start finishes it")
+    child.expect("Turn 1 is not finished: the next start finishes it")
     assert _exit_status(child) == 0
     assert "Cancelled" not in _seen(child)
     assert _status(data, 1) in ("queued", "running")
@@ -283,3 +283,23 @@ def test_paths_typed_or_dropped_on_the_terminal(line: str, path: str, rest: str)
 def test_words_are_not_paths() -> None:
     assert dropped_path("a lighthouse in a storm", (".png",)) is None
     assert dropped_path("make the sky darker.", (".png",)) is None
+
+
+def test_requests_redirected_from_a_file_are_all_drawn(tmp_path: Path) -> None:
+    """`omost-bot chat < requests.txt`: a regular file cannot be watched by the event loop, so the
+    chat reads it on its fallback thread; every line is still a turn, and the chat exits at its end."""
+    requests = tmp_path / "requests.txt"
+    requests.write_text("a lighthouse in a storm\nmake it night", encoding="utf-8")  # no final newline
+    with requests.open("rb") as stdin:
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.fakes.console_bot", str(tmp_path / "data"), "0.0"],
+            cwd=ROOT,
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env=ENV,
+        )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Turn 1: done." in done.stdout and "Turn 2: done." in done.stdout
