@@ -59,7 +59,7 @@ then it is drawn. Each request continues the latest picture.
   >N change                 continue from turn N instead (branches are fine)
   /newseed [N]              draw the latest picture (or turn N) again with a new seed
   /rewrite [N]              ask the model to write that request again
-  /hires [N]                redraw it at 1.5x (/hires 1.5 or /hires off sets it for new pictures)
+  /hires [#N]               redraw it at 1.5x (/hires 1.5 or /hires off sets it for new pictures)
   /retry [N]                try a failed or cancelled turn again
   /undo  /new               step back one turn  /  start a fresh conversation
   /seed N|random  /size WxH  /steps N  /settings    your settings for new pictures
