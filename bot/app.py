@@ -29,6 +29,7 @@ from bot.turns.handler import ChatHandler
 from bot.turns.runner import TurnRunner
 from bot.turns.settings import SettingsBook, TurnSettings
 from omost_engine.engine import Engine
+from omost_engine.engine_api import JobEngine
 from omost_engine.llm.base import LLMBackend
 from omost_engine.render.base import Renderer
 
@@ -47,6 +48,8 @@ def build_llm(config: Config) -> LLMBackend:
             api_key_env=llm.api_key_env,
             idle_timeout_s=llm.idle_timeout_s,
             total_timeout_s=llm.total_timeout_s,
+            server=llm.server,
+            constrain=llm.constrain,
         )
     # "auto" and "none": load what the repo ships (the Omost repos carry their quantisation config)
     quantize: Literal["4bit", "8bit"] | None = None
@@ -56,7 +59,7 @@ def build_llm(config: Config) -> LLMBackend:
         quantize = "8bit"
     # The bot never downloads inside a chat turn (gigabytes, minutes): `omost-bot download` does,
     # and the renderer is local-only the same way.
-    options: dict[str, Any] = {"offline": True}
+    options: dict[str, Any] = {"offline": True, "constrain": llm.constrain}
     if llm.device != "auto":
         options["device"] = llm.device
     return create_backend("local", llm.model, quantize=quantize, **options)
@@ -141,7 +144,7 @@ class App:
         self._renderer = renderer
         self._stack = AsyncExitStack()
         self.store: Store
-        self.engine: Engine
+        self.engine: JobEngine
         self.runner: TurnRunner
         self.handler: ChatHandler
 
@@ -159,20 +162,9 @@ class App:
         self.store = await self._stack.enter_async_context(
             Store.open(config.data.database, data_dir=config.data.dir)
         )
-        llm = self._llm or build_llm(config)
-        renderer = self._renderer or build_renderer(config)
-        if self._llm is None:
-            self._stack.callback(llm.close)
-        if self._renderer is None:
-            self._stack.callback(renderer.close)
-        self.engine = Engine(
-            llm,
-            renderer,
-            max_total=config.queue.max_total,
-            job_timeout_s=config.queue.job_timeout_s,
-            swap_models=swap_models_for(config),
-        )
-        await self._stack.enter_async_context(self.engine)
+        self.engine = self._build_engine()
+        await self.engine.start()
+        self._stack.push_async_callback(self.engine.stop)
         policy = Policy.from_config(config)
         book = SettingsBook(self.store, TurnSettings.defaults(config.render))
         self.runner = TurnRunner(
@@ -182,6 +174,7 @@ class App:
             settings=book,
             llm=config.llm,
             model_name=config.render.model,
+            instance=await self.store.instance_id(),
         )
         self._stack.push_async_callback(self.runner.close)
         self.handler = ChatHandler(store=self.store, runner=self.runner, policy=policy, book=book)
@@ -193,6 +186,28 @@ class App:
         for adapter in self.adapters:
             await adapter.start(self.handler)
             self._stack.push_async_callback(adapter.stop)
+
+    def _build_engine(self) -> JobEngine:
+        """The in-process engine on this machine's models, or (`[queue] backend = "redis"`) the
+        render cluster's, whose workers load the models."""
+        config = self.config
+        if config.queue.backend == "redis":
+            from bot.worker import cluster_engine
+
+            return cluster_engine(config)
+        llm = self._llm or build_llm(config)
+        renderer = self._renderer or build_renderer(config)
+        if self._llm is None:
+            self._stack.callback(llm.close)
+        if self._renderer is None:
+            self._stack.callback(renderer.close)
+        return Engine(
+            llm,
+            renderer,
+            max_total=config.queue.max_total,
+            job_timeout_s=config.queue.job_timeout_s,
+            swap_models=swap_models_for(config),
+        )
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

@@ -35,6 +35,8 @@ COMMANDS: dict[str, str] = {
     "render": "bot.commands.render",
     "download": "bot.commands.download",
     "doctor": "bot.commands.doctor",
+    "worker": "bot.commands.worker",
+    "grammar": "bot.commands.grammar",
 }
 DEFAULT_COMMAND = "run"
 # (dest, global dest): the options given before the subcommand land in the global dests, so the

@@ -41,7 +41,15 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from omost_engine.render.base import CFG_RANGE, HIRES_SCALE_RANGE, MAX_SIZE, MAX_STEPS, MIN_SIZE
+from omost_engine.render.base import (
+    CFG_RANGE,
+    HIRES_DENOISE_RANGE,
+    HIRES_SCALE_RANGE,
+    HIRES_STEPS_RANGE,
+    MAX_SIZE,
+    MAX_STEPS,
+    MIN_SIZE,
+)
 
 DEFAULT_CONFIG_FILE = Path("config.toml")
 """What `load_config(None)` reads when it exists in the current directory."""
@@ -180,6 +188,9 @@ class LLMConfig(_Section):
     """Remote server only: the longest wait for the answer to start, and then for each line of it."""
     total_timeout_s: Annotated[float, Field(gt=0)] = 600.0
     """Remote server only: the longest one answer may take, retries included."""
+    # Issue 11: the server's dialect (where the grammar goes) and whether decoding is constrained.
+    server: Literal["auto", "vllm", "sglang", "llama.cpp", "tgi", "ollama", "generic"] = "auto"
+    constrain: Literal["auto", "off"] = "auto"
 
     _finite_numbers = field_validator("temperature", "top_p", "idle_timeout_s", "total_timeout_s")(_finite)
 
@@ -214,8 +225,8 @@ class RenderConfig(_Section):
     hires_scale: Annotated[float, Field(ge=HIRES_SCALE_RANGE[0], le=HIRES_SCALE_RANGE[1])] = 1.0
     # Omost's high-resolution fix settings and ranges (its app's sliders): the last `hires_steps`
     # of a schedule of hires_steps / hires_denoise steps.
-    hires_steps: Annotated[int, Field(ge=1, le=100)] = 20
-    hires_denoise: Annotated[float, Field(ge=0.1, le=1.0)] = 0.4
+    hires_steps: Annotated[int, Field(ge=HIRES_STEPS_RANGE[0], le=HIRES_STEPS_RANGE[1])] = 20
+    hires_denoise: Annotated[float, Field(ge=HIRES_DENOISE_RANGE[0], le=HIRES_DENOISE_RANGE[1])] = 0.4
     # SPEC 5.6: "omost" (its un-projected pooled embedding: Omost's picture) or "sdxl" (standard).
     pooled: Literal["omost", "sdxl"] = "omost"
     memory: Literal["auto", "resident", "offload"] = "auto"
@@ -253,8 +264,41 @@ class QueueConfig(_Section):
     max_total: Annotated[int, Field(ge=1)] = 100
     job_timeout_s: Annotated[float, Field(gt=0)] = 900.0
     swap_models: Literal["auto", "always", "never"] = "auto"
+    # The render cluster (docs/scaling.md): "redis" sends jobs to `omost-bot worker` processes.
+    backend: Literal["local", "redis"] = "local"
+    redis_url_env: EnvName | None = None
+    redis_url: str | None = None
+    prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+$")] = "omost"
+    lease_s: Annotated[float, Field(gt=0)] = 15.0
+    heartbeat_s: Annotated[float, Field(gt=0)] = 2.0
+    max_result_mib: Annotated[float, Field(gt=0, le=256)] = 20.0
+    result_ttl_s: Annotated[int, Field(ge=60)] = 3600
 
-    _finite_timeout = field_validator("job_timeout_s")(_finite)
+    _finite_timeout = field_validator("job_timeout_s", "lease_s", "heartbeat_s")(_finite)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"(redis|rediss|unix)://", value):
+            raise PydanticCustomError("config_url", "expected a redis://, rediss:// or unix:// URL")
+        if value is not None and re.match(r"\w+://[^/@]*:[^/@]*@", value):
+            # Never echo it: a password belongs in the environment, not in a shareable file.
+            raise PydanticCustomError("config_secret", "carries a password: put the URL in redis_url_env")
+        return value
+
+    @model_validator(mode="after")
+    def _cluster_consistent(self) -> QueueConfig:
+        if self.backend == "redis" and not (self.redis_url_env or self.redis_url):
+            raise PydanticCustomError(
+                "config_key",
+                'is "redis", which needs queue.redis_url_env or queue.redis_url',
+                {"key": "backend"},
+            )
+        if self.lease_s < 2 * self.heartbeat_s:
+            raise PydanticCustomError(
+                "config_key", "must be at least twice queue.heartbeat_s", {"key": "lease_s"}
+            )
+        return self
 
     @model_validator(mode="after")
     def _caps_consistent(self) -> QueueConfig:
@@ -308,6 +352,7 @@ SECRET_KEYS: dict[str, str] = {
     "llm.api_key_env": "the API key of the OpenAI-compatible server",
     "telegram.token_env": "the Telegram bot token from @BotFather",
     "discord.token_env": "the Discord bot token from the developer portal",
+    "queue.redis_url_env": "the render cluster's Redis URL (redis://:PASSWORD@host:6379/0)",
 }
 """The *_env keys and what the variable they name should hold."""
 
@@ -512,7 +557,8 @@ def _problem(err: Mapping[str, Any]) -> ConfigProblem:
         loc.append(str(ctx["key"]))
         return ConfigProblem(_dotted(loc), str(err["msg"]))
     if kind.startswith("config_"):
-        got = "" if secret_key or kind == "config_env_name" else f", got {_describe(value)}"
+        quiet = secret_key or kind in {"config_env_name", "config_secret"}  # never echo a secret
+        got = "" if quiet else f", got {_describe(value)}"
         return ConfigProblem(_dotted(loc), f"{err['msg']}{got}")
     return ConfigProblem(_dotted(loc), str(err["msg"]))
 

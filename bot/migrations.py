@@ -148,3 +148,11 @@ async def immediate_transaction(db: aiosqlite.Connection) -> AsyncIterator[aiosq
         with contextlib.suppress(sqlite3.OperationalError):
             await db.execute("ROLLBACK")
         raise
+
+
+@migration
+async def m005_instance_id(db: aiosqlite.Connection) -> None:
+    # A random id for this database: the engine's job ids carry it, so bots that share a render
+    # cluster (each with its own database, so its own turn 7) never take each other's jobs.
+    await db.execute("CREATE TABLE instance (id TEXT NOT NULL)")
+    await db.execute("INSERT INTO instance (id) VALUES (lower(hex(randomblob(8))))")

@@ -166,6 +166,11 @@ class Store:
         rows = await self._rows(sql, args)
         return rows[0] if rows else None
 
+    async def instance_id(self) -> str:
+        """This database's own random id (made by a migration, never changed)."""
+        row = await self._row("SELECT id FROM instance")
+        return str(row[0])
+
     async def journal_mode(self) -> str:
         row = await self._row("PRAGMA journal_mode")
         return str(row[0]) if row else ""

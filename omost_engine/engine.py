@@ -26,7 +26,11 @@ fixed cost of a render (`RatePriors` before anything was measured).
 Streaming compose. The answer's pieces become `TextDelta`s and are fed to
 `canvas_code.IncrementalParser` a line at a time (a call completes at a line end; feeding every
 token re-scans the text for nothing), giving a `PartParsed` per finished part. An answer that
-does not parse still Finishes, with `parse_error` set.
+does not parse still Finishes, with `parse_error` set. Before that, when the backend cannot
+enforce the Canvas grammar (`llm.enforces_grammar` false) and `repair` is on, the engine sends one
+repair turn (llm/repair.py): a `Repairing(error)` event, then the repair's own TextDeltas and
+PartParsed events as a fresh answer; the result has `repaired=True` and stats that count both
+generations.
 
 Timeouts and cancellation. A job's time limit (`job.timeout_s`, else `job_timeout_s`) counts from
 its start. A queued job is cancelled at once; a running one gets its cancel event set, which the
@@ -64,8 +68,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import TracebackType
 
@@ -86,11 +90,13 @@ from omost_engine.jobs import (
     PartParsed,
     Queued,
     RenderJob,
+    Repairing,
     Started,
     TerminalEvent,
     TextDelta,
 )
-from omost_engine.llm.base import LLMBackend
+from omost_engine.llm.base import ChatMessage, GenerationParams, LLMBackend
+from omost_engine.llm.repair import backend_enforces_grammar, repair_messages, repair_params
 from omost_engine.render.base import Renderer, RenderParams, RenderResult, Step
 
 log = logging.getLogger(__name__)
@@ -334,6 +340,23 @@ class _Outcome:
 
 
 @dataclass
+class _Answer:
+    """One generation's parsed answer and the model time it took (a compose job may need two)."""
+
+    result: ComposeResult
+    model_s: float
+
+    def add(self, earlier: _Answer) -> None:
+        """Count an earlier generation of the same job (the answer the repair replaced)."""
+        stats, before = self.result.stats, earlier.result.stats
+        stats.new_tokens += before.new_tokens
+        stats.seconds += before.seconds
+        stats.forward_passes += before.forward_passes
+        stats.notes[:0] = before.notes
+        self.model_s += earlier.model_s
+
+
+@dataclass
 class _EventItem:
     entry: _Entry
     event: JobEvent
@@ -403,6 +426,7 @@ class Engine:
         swap_models: bool = False,
         cancel_grace_s: float = 10.0,
         priors: RatePriors | None = None,
+        repair: bool = True,
     ) -> None:
         if max_total < 1:
             raise ValueError("max_total must be at least 1")
@@ -414,6 +438,7 @@ class Engine:
         self.job_timeout_s = job_timeout_s
         self.swap_models = swap_models
         self.cancel_grace_s = cancel_grace_s
+        self.repair = repair  # one repair turn for an answer that does not parse (llm/repair.py)
         self._rates = _Rates(priors or RatePriors())
 
         self._device_lane = _Lane("device", shared=not getattr(llm, "remote", False))
@@ -849,7 +874,25 @@ class Engine:
             lane.resident.add(need)
 
     def _run_compose(self, entry: _Entry, job: ComposeJob) -> _Outcome:
-        generation = self._llm.generate(job.messages, job.params, entry.cancel)
+        answer = self._compose_answer(entry, job.messages, job.params)
+        repaired = False
+        error = answer.result.parse_error
+        if error is not None and self.repair and not backend_enforces_grammar(self._llm):
+            # One repair turn (llm/repair.py); its text streams as a fresh answer after Repairing.
+            first = answer
+            self._post(_EventItem(entry, Repairing(str(error))))
+            messages = repair_messages(job.messages, first.result.text, error)
+            answer = self._compose_answer(entry, messages, repair_params(job.params))
+            answer.add(first)
+            repaired = True
+        result = replace(answer.result, repaired=repaired)
+        return _Outcome(result=result, tokens=result.stats.new_tokens, model_s=answer.model_s)
+
+    def _compose_answer(
+        self, entry: _Entry, messages: Sequence[ChatMessage], params: GenerationParams
+    ) -> _Answer:
+        """One generation streamed as TextDelta/PartParsed events, then parsed."""
+        generation = self._llm.generate(messages, params, entry.cancel)
         parser = IncrementalParser()
         unparsed: list[str] = []
         pieces = 0
@@ -878,7 +921,6 @@ class Engine:
         self._feed(entry, parser, unparsed)
         if entry.cancel.is_set():
             raise errors.Interrupted()
-        text = generation.text
         canvas: Canvas | None = None
         parse_error: CanvasError | None = None
         try:
@@ -890,8 +932,8 @@ class Engine:
             stats.new_tokens = pieces
         if stats.seconds == 0.0:
             stats.seconds = model_s
-        result = ComposeResult(text=text, canvas=canvas, parse_error=parse_error, stats=stats)
-        return _Outcome(result=result, tokens=stats.new_tokens, model_s=model_s)
+        result = ComposeResult(text=generation.text, canvas=canvas, parse_error=parse_error, stats=stats)
+        return _Answer(result, model_s)
 
     def _feed(self, entry: _Entry, parser: IncrementalParser, unparsed: list[str]) -> None:
         if not unparsed:

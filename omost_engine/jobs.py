@@ -6,12 +6,16 @@ the typed events a job emits in order, and the results carried by `Finished`.
 
 Every job's event stream is
 
-    Queued* Started (TextDelta | PartParsed)* Finished                    (compose)
+    Queued* Started (TextDelta | PartParsed)* [Repairing (TextDelta | PartParsed)*] Finished
+                                                                           (compose)
     Queued* Started Step* Finished                                         (render)
 
 ending with exactly one terminal event: `Finished`, `Failed` or `Cancelled`. `Queued` is sent
 again whenever the job's place in its queue changes. A second `Started` (attempt 2) means the
 engine retried the job after an out-of-memory error: text and steps start again from nothing.
+`Repairing` means the answer so far did not parse and the engine asked the model once more
+(llm/repair.py): the text deltas and parts after it belong to a fresh answer, so a consumer drops
+the text and parts it holds when it sees `Repairing`, exactly as after a second `Started`.
 
 This module holds plain data only: no threads, no models, no chats. It must not import torch.
 """
@@ -42,6 +46,7 @@ __all__ = [
     "Queued",
     "RenderJob",
     "RenderResult",
+    "Repairing",
     "Started",
     "Step",
     "TerminalEvent",
@@ -136,6 +141,8 @@ class ComposeResult:
     canvas: Canvas | None
     parse_error: CanvasError | None
     stats: GenerationStats
+    repaired: bool = False
+    """True when the first answer did not parse and this is the repair turn's answer."""
 
 
 # --- events ---------------------------------------------------------------------------------------
@@ -172,6 +179,15 @@ class PartParsed:
     part: CanvasEvent
 
 
+@dataclass(frozen=True)
+class Repairing:
+    """The answer did not parse and the backend cannot enforce the grammar: the engine asks the
+    model once more. `error` is the parser's line-numbered message about the first answer. The
+    TextDelta and PartParsed events after this one start a fresh answer."""
+
+    error: str
+
+
 # `Step(index, total, preview, phase)` is the renderer's own progress record (render/base.py),
 # passed through unchanged.
 
@@ -196,6 +212,6 @@ class Cancelled:
     reason: str
 
 
-JobEvent = Queued | Started | TextDelta | PartParsed | Step | Finished | Failed | Cancelled
+JobEvent = Queued | Started | TextDelta | PartParsed | Repairing | Step | Finished | Failed | Cancelled
 TerminalEvent = Finished | Failed | Cancelled
 TERMINAL_EVENTS: tuple[type, ...] = (Finished, Failed, Cancelled)

@@ -81,7 +81,7 @@ async def test_two_turn_seed_conversation(bot: Bot) -> None:
     assert roles.count("preview") == 2 and roles.count("image") == 2
     first_result = bot.adapter.posts("image")[0]
     assert roles.index("preview") < roles.index("image")
-    assert [b.action for b in first_result.post.buttons] == ["seed", "rewrite", "hires"]
+    assert [b.action for b in first_result.post.buttons] == ["seed", "rewrite", "hires", "vary", "zoom"]
     assert first_result.post.files[0].filename.endswith(".py")
     assert parse(first_result.post.files[0].data.decode()) == parse(seed_answers()[0])
     second = bot.adapter.posts("image")[1].post
@@ -129,7 +129,8 @@ async def test_bad_user_canvas_is_explained_and_nothing_runs(bot: Bot) -> None:
 
 async def test_unparseable_answer_names_the_line_and_offers_retry(tmp_path: Path) -> None:
     broken = "```python\ncanvas = Canvas()\ncanvas.set_global_description(description=1)\n```"
-    app, bot = await open_bot(tmp_path, llm=FakeLLM([broken, seed_answers()[0]]))
+    # The engine's repair turn (issue 11) asks once more: broken twice before the user sees it.
+    app, bot = await open_bot(tmp_path, llm=FakeLLM([broken, broken, seed_answers()[0]]))
     try:
         await bot.adapter.say(FIRST)
         await bot.settle()

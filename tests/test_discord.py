@@ -146,7 +146,7 @@ async def test_omost_opens_a_thread_and_ends_with_image_code_and_buttons(
         embed = result["embeds"][0]
         assert embed["image"]["url"] == "attachment://turn-1.png"
         assert embed["description"].startswith("New picture")
-        assert buttons(result) == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1"]
+        assert buttons(result) == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1", "omost:vary:1", "omost:zoom:1"]
         turn = await app.store.get_turn(1)
         assert turn.status == TurnStatus.DONE and turn.seed == 7
         # the layout preview came before the result, and the status message ended as "done"
@@ -214,7 +214,7 @@ async def test_a_button_pressed_after_a_restart_works(tmp_path: Path, fake: Fake
         again = await app.store.get_turn(2)
         assert again.parent_id == 1 and again.seed != (await app.store.get_turn(1)).seed
         assert found[1]["channel_id"] == first["channel_id"]  # in the same thread
-        assert buttons(found[1]) == ["omost:seed:2", "omost:rewrite:2", "omost:hires:2"]
+        assert buttons(found[1]) == ["omost:seed:2", "omost:rewrite:2", "omost:hires:2", "omost:vary:2", "omost:zoom:2"]
 
 
 async def test_a_job_outliving_the_interaction_token_still_delivers(
@@ -366,7 +366,7 @@ async def test_attach_files_refused_falls_back_to_text_and_nothing_is_lost(
         assert all(not m["attachments"] for m in in_thread)
         [result] = [m for m in in_thread if m["components"] and "New picture" in m["content"]]
         assert "Attach Files" in result["content"]  # the user is told why there is no picture
-        assert buttons(result) == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1"]
+        assert buttons(result) == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1", "omost:vary:1", "omost:zoom:1"]
         turn = await app.store.get_turn(1)
         assert turn.status == TurnStatus.DONE and turn.image_path is not None
         assert (tmp_path / "data" / turn.image_path).exists()  # the picture is kept, not lost
@@ -416,7 +416,7 @@ async def test_embed_links_refused_sends_the_picture_without_the_embed(
         assert result["embeds"] == []
         assert [a["filename"] for a in result["attachments"]] == ["turn-1.png", "turn-1-canvas.py"]
         assert result["content"].startswith("New picture")  # the summary the embed would have held
-        assert buttons(result) == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1"]
+        assert buttons(result) == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1", "omost:vary:1", "omost:zoom:1"]
         assert any("Embed Links" in r.getMessage() for r in caplog.records)
         assert not [c for c in fake.calls if c.status == 403]
 
@@ -461,7 +461,7 @@ async def test_a_canvas_file_in_a_dm_is_drawn_without_the_model(tmp_path: Path, 
         turn = await app.store.get_turn(1)
         assert turn.kind == TurnKind.USER_CANVAS and turn.status == TurnStatus.DONE
         assert parse(turn.canvas_code or "") == parse(seed_answers()[1])
-        assert buttons(result) == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1"]
+        assert buttons(result) == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1", "omost:vary:1", "omost:zoom:1"]
 
 
 async def test_a_picture_the_bot_made_uploaded_again_continues_from_it(

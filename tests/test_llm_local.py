@@ -4,6 +4,9 @@ Covers streaming, the chat template and system prompt, cancellation within one t
 greedy decoding, prompt-lookup equivalence on edit turns, context trimming, 4-bit and 8-bit
 loading through bitsandbytes on CPU (quantise on load and a repo that ships quantised weights),
 unload/load, and the errors a user sees (model not on disk while offline, out of memory).
+
+These tests pin the unconstrained machinery (constrain="off"): answers compared with a bare
+`model.generate`. The same backend under the Canvas grammar is tested in test_llm_constrained.py.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ def seed_chat(turns: int) -> list[ChatMessage]:
 
 @pytest.fixture(scope="module")
 def backend(tiny_llm: Path) -> LocalBackend:
-    b = LocalBackend(str(tiny_llm))
+    b = LocalBackend(str(tiny_llm), constrain="off")
     b.load()
     return b
 
@@ -144,8 +147,8 @@ def test_temperature_zero_is_greedy_whatever_the_seed(backend: LocalBackend) -> 
 
 def test_prompt_lookup_gives_the_same_greedy_answer_with_fewer_forward_passes(tiny_llm: Path) -> None:
     params = GenerationParams(temperature=0, max_new_tokens=200)
-    plain = LocalBackend(str(tiny_llm), prompt_lookup_num_tokens=None)
-    lookup = LocalBackend(str(tiny_llm), prompt_lookup_num_tokens=10, max_matching_ngram_size=3)
+    plain = LocalBackend(str(tiny_llm), constrain="off", prompt_lookup_num_tokens=None)
+    lookup = LocalBackend(str(tiny_llm), constrain="off", prompt_lookup_num_tokens=10, max_matching_ngram_size=3)
     chat = seed_chat(turns=1)
     without, _ = run(plain, chat, params)
     with_lookup, _ = run(lookup, chat, params)
@@ -171,7 +174,7 @@ def test_sampled_edit_turn_with_prompt_lookup_is_reproducible(backend: LocalBack
 
 def test_long_history_drops_oldest_turns_and_keeps_the_latest_canvas(tiny_llm: Path) -> None:
     chat = seed_chat(turns=2)  # user, canvas, user, canvas, new user message
-    b = LocalBackend(str(tiny_llm), context_tokens=0)  # context set below, once the sizes are known
+    b = LocalBackend(str(tiny_llm), constrain="off", context_tokens=0)  # context set below, once the sizes are known
     b.load()
     sys_msg = ChatMessage("system", SYSTEM_PROMPT)
     kept = [sys_msg, chat[2], chat[3], chat[4]]
@@ -190,7 +193,7 @@ def test_a_conversation_that_fits_is_untouched(backend: LocalBackend) -> None:
 
 
 def test_answer_is_shortened_when_only_the_protected_messages_fit(tiny_llm: Path) -> None:
-    b = LocalBackend(str(tiny_llm))
+    b = LocalBackend(str(tiny_llm), constrain="off")
     b.load()
     chat = seed_chat(turns=1)
     protected = b._count_tokens([ChatMessage("system", SYSTEM_PROMPT), *chat[1:]])
@@ -202,7 +205,7 @@ def test_answer_is_shortened_when_only_the_protected_messages_fit(tiny_llm: Path
 
 
 def test_no_room_at_all_is_a_clear_error(tiny_llm: Path) -> None:
-    b = LocalBackend(str(tiny_llm), context_tokens=100)
+    b = LocalBackend(str(tiny_llm), constrain="off", context_tokens=100)
     with pytest.raises(ContextTooLong, match="too long for the model"):
         b.generate(seed_chat(turns=1), GREEDY, threading.Event())
 
@@ -243,7 +246,7 @@ def test_trimming_drops_whole_turns_oldest_first() -> None:
 def test_quantise_on_load_and_reload_the_saved_quantised_repo(
     tiny_llm: Path, tmp_path: Path, quantize: str, layer: str
 ) -> None:
-    b = LocalBackend(str(tiny_llm), quantize=quantize)  # type: ignore[arg-type]
+    b = LocalBackend(str(tiny_llm), constrain="off", quantize=quantize)  # type: ignore[arg-type]
     generation, pieces = run(b, HELLO, GenerationParams(temperature=0, max_new_tokens=30))
     assert type(b._model.model.layers[0].mlp.down_proj).__name__ == layer
     assert b.quantized == quantize
@@ -253,7 +256,7 @@ def test_quantise_on_load_and_reload_the_saved_quantised_repo(
     # quantised without being asked to, and answers exactly as before.
     b._model.save_pretrained(tmp_path)
     b._tokenizer.save_pretrained(tmp_path)
-    shipped = LocalBackend(str(tmp_path))
+    shipped = LocalBackend(str(tmp_path), constrain="off")
     again, _ = run(shipped, HELLO, GenerationParams(temperature=0, max_new_tokens=30))
     assert type(shipped._model.model.layers[0].mlp.down_proj).__name__ == layer
     assert shipped.quantized == quantize
@@ -264,7 +267,7 @@ def test_quantise_on_load_and_reload_the_saved_quantised_repo(
 
 
 def test_unload_frees_the_weights_and_the_next_turn_reloads_them(tiny_llm: Path) -> None:
-    b = LocalBackend(str(tiny_llm))
+    b = LocalBackend(str(tiny_llm), constrain="off")
     before = run(b, HELLO)[0].text
     b.unload()
     assert not b.loaded
@@ -293,7 +296,7 @@ def test_missing_local_folder_says_so(tmp_path: Path) -> None:
 
 
 def test_out_of_memory_while_generating_names_the_model_and_the_memory(tiny_llm: Path) -> None:
-    b = LocalBackend(str(tiny_llm))
+    b = LocalBackend(str(tiny_llm), constrain="off")
     b.load()
 
     def exhausted(*_: object) -> None:

@@ -142,9 +142,9 @@ async def test_two_turn_private_chat_ends_with_photos_documents_and_keyboards(
         assert [s.text for s in statuses] == ["Turn 1: done.", "Turn 2: done."]
         assert statuses[0].edits >= 2  # one status message, edited as the turn went on
 
-        assert first.buttons == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1"]
-        assert first.labels == ["New seed", "Rewrite", "Higher resolution"]
-        assert second.buttons == ["omost:seed:2", "omost:rewrite:2", "omost:hires:2"]
+        assert first.buttons == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1", "omost:vary:1", "omost:zoom:1"]
+        assert first.labels == ["New seed", "Rewrite", "Higher resolution", "Vary region", "Zoom out"]
+        assert second.buttons == ["omost:seed:2", "omost:rewrite:2", "omost:hires:2", "omost:vary:2", "omost:zoom:2"]
         assert len(first.text) <= 1024 and "seed" in first.text
         assert second.text.startswith("Added meteorites crashing into the ground")
         # the photo is the PNG the bot made, carrying its canvas
@@ -492,7 +492,7 @@ async def test_the_tiny_real_models_through_telegram(tmp_path: Path, tg: FakeTel
 
 
 def test_callback_data_fits_64_bytes_and_parses_back() -> None:
-    for action in ("seed", "rewrite", "hires", "retry", "cancel"):
+    for action in ("seed", "rewrite", "hires", "vary", "zoom", "retry", "cancel"):
         data = encode_button(Button(action, 2**63 - 1))  # type: ignore[arg-type]
         assert len(data.encode()) <= 64
         assert decode_button(data) == (action, 2**63 - 1)

@@ -74,3 +74,19 @@ async def test_without_renderer_weights_a_turn_still_gives_the_layout_and_the_co
         assert not bot.adapter.posts("image")
     finally:
         await app.__aexit__(None, None, None)
+
+
+async def test_a_repaired_answer_says_so_and_is_recorded(tmp_path: Path) -> None:
+    garbage = "Sure! Here is a lovely picture of a cat.\n"
+    app, bot = await open_bot(tmp_path, llm=FakeLLM([garbage, seed_answers()[0]]))
+    try:
+        await bot.adapter.say("a cat")
+        await bot.settle()
+        status = bot.adapter.posts("status")[0]
+        assert any("asking the model once more" in p.text for p in status.edits)
+        turn = await bot.turn(1)
+        assert turn.status.value == "done" and turn.params.get("repaired") is True
+        assert parse(turn.canvas_code or "") == parse(seed_answers()[0])
+        assert len(bot.adapter.posts("image")) == 1
+    finally:
+        await app.__aexit__(None, None, None)

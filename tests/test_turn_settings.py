@@ -59,7 +59,10 @@ async def test_the_cache_reads_what_was_written_and_the_store_agrees(book: Setti
         ("hires=3", "hires must be between 1 and 2, got 3."),
         ("hires=nan", "hires must be between 1 and 2, got nan."),
         ("png=maybe", "png must be on or off, got “maybe”."),
-        ("colour=red", "I don't know the setting “colour”. Settings: size, steps, seed, hires, png."),
+        ("colour=red", "I don't know the setting “colour”. Settings: size, steps, seed, hires, hires_steps"),
+        ("edit=some", "edit must be auto (redraw only what changed) or full, got “some”."),
+        ("hires_steps=101", "hires_steps must be between 1 and 100, got 101."),
+        ("hires_denoise=0", "hires_denoise must be between 0.1 and 1, got 0."),
     ],
 )
 def test_one_clear_message_per_bad_value(words: str, says: str) -> None:

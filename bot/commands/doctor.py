@@ -1,9 +1,12 @@
 """`omost-bot doctor`: what this machine and config give the bot: GPU and VRAM, whether the
-weights are on disk, which tokens are set, and the config in force (secrets never printed)."""
+weights are on disk, which tokens are set, the render cluster when `[queue] backend = "redis"`
+(Redis reachable, workers alive with device, models and rate, jobs queued), and the config in
+force (secrets never printed)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 from pathlib import Path
@@ -61,6 +64,28 @@ def _weights(model: str) -> dict[str, Any]:
     }
 
 
+def _constraint(llm: Any) -> dict[str, Any]:
+    """Whether answers will be decoded under the Canvas grammar (issue 11), and how."""
+    if llm.constrain == "off":
+        how = 'constrain = "off": an answer that does not parse gets one repair turn'
+        return {"constrained": False, "how": how}
+    if llm.backend != "openai":
+        return {"constrained": True, "how": "local model: llguidance masks every token"}
+    from omost_engine.llm.openai_api import ENFORCING_SERVERS, grammar_fields, probe_server
+
+    if llm.server == "auto":
+        server, evidence = probe_server(str(llm.base_url))
+        server = server or "unreachable"
+    else:
+        server, evidence = llm.server, "from the config"
+    if server in ENFORCING_SERVERS:
+        field = next(iter(grammar_fields(server)))
+        return {"constrained": True, "server": server, "how": f"{server} ({evidence}): grammar in `{field}`"}
+    return {
+        "constrained": False,
+        "server": server,
+        "how": f"{server} ({evidence}) cannot enforce a grammar: one repair turn per bad answer",
+    }
 def _family(render: Any) -> dict[str, Any]:
     """The renderer family in force: the configured one, or what "auto" finds in model_index.json."""
     from omost_engine.render.factory import UnknownModelFamily, detect_family
@@ -73,9 +98,71 @@ def _family(render: Any) -> dict[str, Any]:
         return {"family": None, "family_error": str(e)}
 
 
+async def _cluster_state(config: Any) -> dict[str, Any]:
+    from redis.exceptions import RedisError
+
+    from bot.worker import cluster_url
+    from omost_engine.cluster.state import ClusterState
+
+    state = ClusterState(cluster_url(config), prefix=config.queue.prefix, connect_timeout_s=2.0)
+    try:
+        counts = await state.counts()
+        workers = await state.workers()
+    except RedisError as e:
+        return {"reachable": False, "error": str(e)}
+    finally:
+        await state.close()
+    return {
+        "reachable": True,
+        "queued": counts["queued_compose"] + counts["queued_render"],
+        "running": counts["running"],
+        "workers": [
+            {
+                "id": w.worker_id,
+                "status": w.status,
+                "device": w.device,
+                "jobs": list(w.kinds),
+                "models": w.models,
+                "jobs_done": w.jobs_done,
+                "seconds_per_job": w.seconds_per_job,
+            }
+            for w in workers
+        ],
+    }
+
+
+def _cluster(config: Any) -> dict[str, Any] | None:
+    """The render cluster as Redis sees it; None with the embedded (local) engine."""
+    if config.queue.backend != "redis":
+        return None
+    from bot.config import ConfigError
+
+    try:
+        return asyncio.run(_cluster_state(config))
+    except ConfigError as e:
+        return {"reachable": False, "error": str(e)}
+
+
+def _print_cluster(cluster: dict[str, Any] | None) -> None:
+    if cluster is None:
+        return
+    if not cluster["reachable"]:
+        print(f"cluster:  UNREACHABLE ({cluster['error']})")
+        return
+    workers = cluster["workers"]
+    queued, running = cluster["queued"], cluster["running"]
+    print(f"cluster:  Redis ok, {len(workers)} worker(s), {queued} queued, {running} running")
+    for w in workers:
+        rate = "no job yet" if w["seconds_per_job"] is None else f"{w['seconds_per_job']:.1f} s/job"
+        jobs = ",".join(w["jobs"])
+        print(f"  worker {w['id']}: {w['status']} on {w['device'] or '?'} ({jobs}; {rate}) {w['models']}")
+    if not workers:
+        print("  no worker is alive: start `omost-bot worker` on a GPU machine")
+
+
 def report(config: Any) -> dict[str, Any]:
     tokens = {}
-    for key in ("telegram.token_env", "discord.token_env", "llm.api_key_env"):
+    for key in ("telegram.token_env", "discord.token_env", "llm.api_key_env", "queue.redis_url_env"):
         name = config.secret_env(key)
         if name:
             tokens[key] = {"variable": name, "set": bool(os.environ.get(name))}
@@ -91,8 +178,10 @@ def report(config: Any) -> dict[str, Any]:
             "llm": llm_weights,
             "render": {**_weights(config.render.model), **_family(config.render)},
         },
+        "grammar": _constraint(config.llm),
         "tokens": tokens,
         "platforms": {"telegram": config.telegram.enabled, "discord": config.discord.enabled},
+        "cluster": _cluster(config),
         "settings": json.loads(config.model_dump_json()),
     }
 
@@ -117,8 +206,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{name + ':':9} {w['model']}{family} [{state}] {w['where']}")
         if w.get("family_error"):
             print(f"          {w['family_error']}")
+    grammar = data["grammar"]
+    print(f"grammar:  {'constrained' if grammar['constrained'] else 'NOT constrained'}: {grammar['how']}")
     for key, t in data["tokens"].items():
         print(f"token:    {key} -> ${t['variable']} {'set' if t['set'] else 'NOT SET'}")
     enabled = [p for p, on in data["platforms"].items() if on] or ["terminal chat only"]
     print(f"platforms: {', '.join(enabled)}")
+    _print_cluster(data["cluster"])
     return 0

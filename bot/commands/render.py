@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pooled",
         choices=("omost", "sdxl"),
-        help="pooled text embedding: Omost's or standard SDXL's projected one (default: render.pooled, omost)",
+        help="pooled text embedding: Omost's or SDXL's projected one (default: render.pooled, omost)",
     )
     parser.add_argument("--negative", help="negative prompt (default: render.negative_prompt, SPEC's)")
     parser.add_argument("--device", help="torch device: cuda, cuda:1, cpu (default: render.device, auto)")

@@ -14,33 +14,39 @@ settings and the parent's canvas and picture.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 
 from bot.store import TurnKind
 from bot.turns.live import LiveTurn
 from omost_engine.canvas import Canvas
-from omost_engine.render.edit_plan import EditSpec, decide_edit, vary_boxes
+from omost_engine.render.base import RenderParams
+from omost_engine.render.edit_plan import EditSpec, decide_edit, edited_params, vary_boxes
 
 MAX_NAMED = 3
 
 
+async def render_params_for(live: LiveTurn, canvas: Canvas, params: RenderParams) -> RenderParams:
+    """The turn's render settings, made an edit of its parent's picture where it is one."""
+    spec = await plan(live, canvas)
+    if spec is None:
+        return params
+    if spec.kind == "zoom_out":  # the renderer widens the parent's frame by the zoom itself
+        params = replace(params, frame_zoom=live.settings.frame_zoom / live.settings.zoom_out)
+    return edited_params(params, spec)
+
+
 async def plan(live: LiveTurn, canvas: Canvas) -> EditSpec | None:
-    settings, parent = live.settings, live.parent
-    if parent is None or parent.image_path is None or not _same_frame(live):
-        if settings.vary_region or settings.zoom_out > 1.0:
-            live.edit_note = "Redrew the whole picture: the picture it continues is not here any more."
-        return None
-    if settings.vary_region:
-        boxes = vary_boxes(canvas, settings.vary_region, settings.frame_zoom)
-        region = canvas.regions[settings.vary_region - 1].description
-        live.edit_note = f"Redrew region {settings.vary_region} with a new seed: {_short(region)}; kept the rest."
-        return EditSpec("vary", await _picture(live), boxes)
-    if settings.zoom_out > 1.0:
-        live.edit_note = f"Zoomed out {settings.zoom_out:g}x: drew the new border; kept the picture in the middle."
-        return EditSpec("zoom_out", await _picture(live), zoom=settings.zoom_out)
+    settings = live.settings
+    if settings.vary_region or settings.zoom_out > 1.0:
+        return await _button_edit(live, canvas)
     if live.turn.kind == TurnKind.RENDER or live.parent_canvas is None:
         return None  # a re-render (new seed, hires) draws it all; a first picture has no parent
     if settings.edit == "full":
         live.edit_note = "Redrew the whole picture (edits: full)."
+        return None
+    missing = _why_not_over_the_parent(live)
+    if missing:
+        live.edit_note = f"Redrew the whole picture: {missing}."
         return None
     decision = decide_edit(live.parent_canvas, canvas, frame_zoom=settings.frame_zoom)
     if decision.mode == "full":
@@ -48,6 +54,36 @@ async def plan(live: LiveTurn, canvas: Canvas) -> EditSpec | None:
         return None
     live.edit_note = _redrew(decision.regions)
     return EditSpec("inpaint", await _picture(live), decision.boxes)
+
+
+async def _button_edit(live: LiveTurn, canvas: Canvas) -> EditSpec | None:
+    """Vary region or Zoom out, over the parent's picture."""
+    settings = live.settings
+    missing = _why_not_over_the_parent(live)
+    if missing:
+        live.edit_note = f"Redrew the whole picture: {missing}."
+        return None
+    if settings.vary_region:
+        boxes = vary_boxes(canvas, settings.vary_region, settings.frame_zoom)
+        region = canvas.regions[settings.vary_region - 1].description
+        live.edit_note = (
+            f"Redrew region {settings.vary_region} with a new seed: {_short(region)}; kept the rest."
+        )
+        return EditSpec("vary", await _picture(live), boxes)
+    live.edit_note = (
+        f"Zoomed out {settings.zoom_out:g}x: drew the new border; kept the picture in the middle."
+    )
+    return EditSpec("zoom_out", await _picture(live), zoom=settings.zoom_out)
+
+
+def _why_not_over_the_parent(live: LiveTurn) -> str:
+    """Why this turn cannot be drawn over its parent's picture ("" when it can)."""
+    parent = live.parent
+    if parent is None or parent.image_path is None:
+        return "the picture it continues was not drawn yet"
+    if not _same_frame(live):
+        return "the size changed"
+    return ""
 
 
 def _same_frame(live: LiveTurn) -> bool:

@@ -16,7 +16,7 @@ import logging
 import random
 from dataclasses import dataclass
 
-from adapters.base import Adapter, ButtonPress, Incoming, Post
+from adapters.base import Adapter, ButtonPress, Choice, Incoming, Post, clipped
 from bot.policy import EMPTY_REQUEST_MESSAGE, Policy, is_blank
 from bot.store import Conversation, LinkRole, Store, Turn, TurnKind, TurnStatus
 from bot.turns.errors import UserError
@@ -27,6 +27,7 @@ from bot.turns.runner import TurnRunner
 from bot.turns.settings import SettingsBook, TurnSettings, parse_changes, settings_from_render_params
 from omost_engine.canvas import Canvas, CanvasError
 from omost_engine.canvas_code import parse
+from omost_engine.render.base import MAX_FRAME_ZOOM
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,11 @@ Buttons: New seed, Rewrite (the model tries again), Higher resolution, Cancel (w
 SETTINGS_HINT = ". Change with e.g. /settings size=1024x1024 steps=30 seed=random hires=1.5 png=on"
 SETTING_COMMANDS = {"settings": "", "seed": "seed", "size": "size", "steps": "steps", "hires": "hires"}
 HIRES_BUTTON_SCALE = 1.5
+ZOOM_OUT_STEP = 1.5
+MAX_CHOICES = 25  # Discord's select menus hold 25 options
+CHOICE_LABEL_LIMIT = 60
 NOT_YOURS = "Only the person who asked for this picture (or an admin) can cancel it."
+NOT_YOURS_TO_VARY = "Only the person who asked for this picture (or an admin) can redraw part of it."
 
 
 @dataclass(frozen=True)
@@ -191,6 +196,8 @@ class ChatHandler:
         settings = await self.book.effective(
             message.platform, message.user, chat_key(message), message.options
         )
+        if parent is not None:  # a zoomed-out picture keeps its framing when it is continued
+            settings = settings.merged({"frame_zoom": float(parent.params.get("frame_zoom", 1.0))})
         seed = self._seed_for(settings, parent)
         links = (
             [(message.platform, message.chat, message.message_id, LinkRole.USER)]
@@ -211,7 +218,7 @@ class ChatHandler:
         live = self.runner.live_turn(
             adapter, turn, conversation, settings.merged({"seed": seed}), reply_to=message.message_id or None
         )
-        self.runner.start(live, canvas_of(parent) if canvas is not None else None)
+        self.runner.start(live, parent)
         return None
 
     def _seed_for(self, settings: TurnSettings, parent: Turn | None) -> int:
@@ -292,24 +299,78 @@ class ChatHandler:
         )
         if not decision.allowed:
             raise UserError(decision.message)
-        with self.runner.reserve(presser):
-            new = await self._rerun(turn, press.action, presser)
-            if new is None:
+        if press.action == "vary":  # redrawing part of someone's picture is theirs to ask for
+            if not self._owner_or_admin(turn, presser, press):
+                return NOT_YOURS_TO_VARY
+            if not press.value:
+                await adapter.send(conversation.chat, conversation.thread, self._region_picker(turn))
                 return None
+        with self.runner.reserve(presser):
+            if press.action in ("vary", "zoom"):
+                new = await self._edit_turn(turn, presser, press)
+            else:
+                new = await self._rerun(turn, press.action, presser)
             settings = TurnSettings.from_turn(self.book.defaults, new.params, new.seed)
             live = self.runner.live_turn(adapter, new, conversation, settings)
-            self.runner.start(live, canvas_of(turn) if new.kind == TurnKind.RENDER else None)
+            self.runner.start(live, await self._parent_of(new, turn))
         return None  # the chat shows the new turn's progress
 
+    def _owner_or_admin(self, turn: Turn, presser: str, press: ButtonPress) -> bool:
+        return presser == turn.owner or any(
+            self.policy.is_admin(press.platform, who) for who in (press.user, *press.roles)
+        )
+
     def _cancel_press(self, turn: Turn, presser: str, press: ButtonPress) -> str:
-        is_admin = any(self.policy.is_admin(press.platform, who) for who in (press.user, *press.roles))
-        if presser != turn.owner and not is_admin:
+        if not self._owner_or_admin(turn, presser, press):
             return NOT_YOURS
         if self.runner.cancel(turn.id):
             return "Cancelling…"
         return "That picture is not being made any more."
 
-    async def _rerun(self, turn: Turn, action: str, presser: str) -> Turn | None:
+    async def _parent_of(self, new: Turn, pressed: Turn) -> Turn | None:
+        if new.parent_id == pressed.id:
+            return pressed
+        return await self.store.find_turn(new.parent_id) if new.parent_id is not None else None
+
+    def _region_picker(self, turn: Turn) -> Post:
+        """The question Vary region asks first: which region of this picture to redraw."""
+        canvas = canvas_of(turn)
+        if canvas is None or not canvas.regions:
+            raise UserError("That picture has no regions to vary.")
+        choices = tuple(
+            Choice("vary", turn.id, str(n), clipped(f"{n}. {region.description}", CHOICE_LABEL_LIMIT))
+            for n, region in enumerate(canvas.regions[:MAX_CHOICES], 1)
+        )
+        return Post(text=f"Turn {turn.id}: which region should I redraw with a new seed?", choices=choices)
+
+    async def _edit_turn(self, turn: Turn, presser: str, press: ButtonPress) -> Turn:
+        """Vary region (a region picked) or Zoom out: a render of the same canvas over the picture."""
+        if turn.canvas_code is None or turn.image_path is None:
+            raise UserError("That turn has no picture to change yet.")
+        settings = TurnSettings.from_turn(self.book.defaults, turn.params, turn.seed).continued()
+        seed = turn.seed
+        if press.action == "vary":
+            canvas = canvas_of(turn)
+            picked = int(press.value) if press.value.isdigit() else 0
+            if canvas is None or not 1 <= picked <= len(canvas.regions):
+                raise UserError("That region is not in this picture.")
+            settings, seed = settings.merged({"vary_region": picked}), self.new_seed()
+        else:
+            zoomed = settings.frame_zoom * ZOOM_OUT_STEP
+            if zoomed > MAX_FRAME_ZOOM:
+                raise UserError("That picture is zoomed out as far as it goes.")
+            settings = settings.merged({"zoom_out": ZOOM_OUT_STEP, "frame_zoom": zoomed})
+        return await self.store.create_turn(
+            conversation_id=turn.conversation_id,
+            parent_id=turn.id,
+            kind=TurnKind.RENDER,
+            owner=presser,
+            canvas_code=turn.canvas_code,
+            seed=seed,
+            params=settings.stored(),
+        )
+
+    async def _rerun(self, turn: Turn, action: str, presser: str) -> Turn:
         """The turn a re-run button starts: a new turn owned by the presser, or for a Retry of the
         presser's own failed or cancelled turn, that turn back in the queue."""
         if action == "retry":
@@ -336,11 +397,12 @@ class ChatHandler:
             )
         raise UserError("That button is not one I know.")
 
-    async def _retry(self, turn: Turn, presser: str) -> Turn | None:
+    async def _retry(self, turn: Turn, presser: str) -> Turn:
         if turn.status not in (TurnStatus.FAILED, TurnStatus.CANCELLED):
             raise UserError("That picture is already on its way.")  # pressed twice, or retried
-        if presser == turn.owner:
-            return await self.store.update_turn(turn.id, status=TurnStatus.QUEUED, error=None)
+        if presser == turn.owner:  # its next run gets jobs of its own (job ids count the runs)
+            run = {**turn.params, "run": int(turn.params.get("run", 0)) + 1}
+            return await self.store.update_turn(turn.id, status=TurnStatus.QUEUED, error=None, params=run)
         return await self.store.create_turn(  # someone else's turn: a copy of it, as theirs
             conversation_id=turn.conversation_id,
             parent_id=turn.parent_id,

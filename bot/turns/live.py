@@ -33,7 +33,9 @@ class LiveTurn:
     store: Store
     status: StatusMessage
     settings: TurnSettings
+    parent: Turn | None = None  # the turn this one continues (its picture, for edits)
     parent_canvas: Canvas | None = None
+    edit_note: str = ""  # what an edit redrew, for the result's summary
     links: list[LinkSpec] = field(default_factory=list)
 
     @property

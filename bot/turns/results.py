@@ -25,7 +25,7 @@ from omost_engine.preview import render_layout_preview
 from omost_engine.render.base import RenderResult
 from omost_engine.render.metadata import encode_png, png_metadata
 
-RESULT_BUTTONS: tuple[ButtonAction, ...] = ("seed", "rewrite", "hires")
+RESULT_BUTTONS: tuple[ButtonAction, ...] = ("seed", "rewrite", "hires", "vary", "zoom")
 
 
 @functools.lru_cache(maxsize=256)
@@ -173,9 +173,9 @@ async def announce(
         f"{change}\n{canvas.global_description.description} · seed {turn.seed} · "
         f"{settings.width}x{settings.height}{hires}"
     )
-    corrected = corrections_line(canvas)
-    if corrected:
-        summary += f"\n{corrected}"
+    for line in (live.edit_note, corrections_line(canvas)):
+        if line:
+            summary += f"\n{line}"
     image = OutFile(f"turn-{turn.id}.png", data, "image/png", path=str(path))
     files = [code_file(turn)]
     if settings.png:

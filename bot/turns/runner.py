@@ -23,13 +23,13 @@ from adapters.base import Adapter, MessageRef
 from bot.config import LLMConfig
 from bot.policy import Policy
 from bot.store import Conversation, LinkRole, Store, Turn, TurnKind, TurnStatus
-from bot.turns import results
+from bot.turns import edits, results
 from bot.turns.live import LiveTurn
 from bot.turns.settings import SettingsBook, TurnSettings, render_params
 from bot.turns.status import StatusMessage
 from omost_engine.canvas import Canvas, CanvasError
 from omost_engine.canvas_code import GlobalParsed, find_code
-from omost_engine.engine import Engine, JobHandle
+from omost_engine.engine_api import EngineUnavailable, JobEngine, JobHandleView
 from omost_engine.errors import EngineError
 from omost_engine.jobs import (
     Cancelled,
@@ -42,6 +42,7 @@ from omost_engine.jobs import (
     Queued,
     RenderJob,
     RenderResult,
+    Repairing,
     Started,
     Step,
     TextDelta,
@@ -51,6 +52,7 @@ from omost_engine.llm.base import ChatMessage, GenerationParams
 log = logging.getLogger(__name__)
 
 WRITING = "writing the canvas…"
+REPAIRING = "the answer did not parse ({error}); asking the model once more…"
 CANCELLED_BY_USER = "cancelled by the user"
 SOMETHING_WENT_WRONG = "Something went wrong on my side; the bot's admin can find the details in the log."
 
@@ -75,11 +77,12 @@ class TurnRunner:
         self,
         *,
         store: Store,
-        engine: Engine,
+        engine: JobEngine,
         policy: Policy,
         settings: SettingsBook,
         llm: LLMConfig,
         model_name: str,
+        instance: str = "bot",
     ) -> None:
         self.store = store
         self.engine = engine
@@ -87,6 +90,7 @@ class TurnRunner:
         self.settings = settings
         self.llm = llm
         self.model_name = model_name
+        self.instance = instance  # in every job id: bots sharing a render cluster never collide
         self.adapters: dict[str, Adapter] = {}
         self._flight: dict[int, _InFlight] = {}
         self._reserved: Counter[str] = Counter()
@@ -134,8 +138,8 @@ class TurnRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def close(self) -> None:
-        """Stop driving turns for a shutdown. They stay queued or running in the store, so the
-        next start resumes them (a shutdown is not the user cancelling)."""
+        """Shut down: the turns in flight stop here but stay queued or running in the store, so
+        the next start resumes them (a render cluster's jobs go on meanwhile)."""
         self._closing = True
         tasks = [f.task for f in self._flight.values() if f.task is not None]
         for task in tasks:
@@ -165,8 +169,10 @@ class TurnRunner:
         )
         return LiveTurn(turn, conversation, adapter, self.store, message, settings)
 
-    def start(self, live: LiveTurn, parent_canvas: Canvas | None = None) -> None:
-        live.parent_canvas = parent_canvas
+    def start(self, live: LiveTurn, parent: Turn | None = None) -> None:
+        """Run the turn; `parent` is the turn it continues, when the caller has it at hand (a
+        composing turn loads it with its history, after the parent has answered)."""
+        live.parent, live.parent_canvas = parent, results.canvas_of(parent)
         flight = self._flight[live.id] = _InFlight(live)
         flight.task = asyncio.create_task(self._drive(flight))
 
@@ -181,7 +187,7 @@ class TurnRunner:
             if turn.status == TurnStatus.RUNNING:
                 await live.save(status=TurnStatus.QUEUED)
             parent = await self.store.find_turn(turn.parent_id) if turn.parent_id is not None else None
-            self.start(live, results.canvas_of(parent) if turn.kind == TurnKind.RENDER else None)
+            self.start(live, parent)
             resumed += 1
         for turn in await self.store.unannounced_turns():
             live = await self._restore(turn)
@@ -231,7 +237,7 @@ class TurnRunner:
                 await results.post_layout_preview(live, canvas)
             await self._render(live, canvas)
         except asyncio.CancelledError:
-            if not self._closing:
+            if not self._closing:  # cancelled for its own sake (e.g. while waiting for its parent)
                 await self._end_quietly(live, TurnStatus.CANCELLED, "Cancelled.")
             raise
         except Exception:  # the turn fails; the bot goes on (the detail is for the log only)
@@ -248,8 +254,22 @@ class TurnRunner:
         except Exception:
             log.exception("turn %s: could not record its end", live.id)
 
-    def _submit(self, job: ComposeJob | RenderJob) -> JobHandle:
-        return self.engine.submit(job)
+    def job_id(self, live: LiveTurn, kind: str) -> str:
+        """Deterministic per turn, kind and run: a restarted bot submitting a turn again attaches
+        to its job still in a render cluster instead of running it twice."""
+        return f"{self.instance}:{live.id}:{kind}:{int(live.turn.params.get('run', 0))}"
+
+    async def _submit(self, live: LiveTurn, job: ComposeJob | RenderJob) -> JobHandleView:
+        """Submit, waiting (with the turn left queued) while the render cluster is unreachable."""
+        while True:
+            try:
+                return self.engine.submit(job)
+            except EngineUnavailable as e:
+                await live.show(str(e), now=True)
+                wait = getattr(self.engine, "wait_until_reachable", None)
+                if wait is None:
+                    raise
+                await wait()
 
     async def _job_ended(self, live: LiveTurn, event: Failed | Cancelled) -> None:
         if isinstance(event, Failed):
@@ -274,7 +294,7 @@ class TurnRunner:
             if parent is not None:
                 await parent.answered.wait()
             chain = await self.store.history(parent_id)
-            live.parent_canvas = results.canvas_of(chain[-1])
+            live.parent, live.parent_canvas = chain[-1], results.canvas_of(chain[-1])
             for earlier in chain:
                 if earlier.kind == TurnKind.RENDER or earlier.canvas_code is None:
                     continue  # a re-render adds nothing for the model; a failed turn has no answer
@@ -296,9 +316,10 @@ class TurnRunner:
                 seed=live.turn.seed,
             ),
             tag=str(live.id),
+            job_id=self.job_id(live, "compose"),
         )
         try:
-            handle = self._submit(job)
+            handle = await self._submit(live, job)
         except EngineError as e:
             await live.end(TurnStatus.FAILED, str(e), retry=True)
             return None
@@ -307,9 +328,12 @@ class TurnRunner:
         async for event in handle.events():
             if isinstance(event, Queued):
                 await live.show(f"queued #{event.position}{_eta(event.eta_s)}")
-            elif isinstance(event, Started):
-                parts, pieces = [], []  # attempt 2 (after running out of memory) starts over
-                await live.show(WRITING, now=True)
+            elif isinstance(event, Started | Repairing):
+                # attempt 2 (out of memory, or another worker took the job over) and a repair
+                # (the first answer did not parse) both start the answer over
+                parts, pieces = [], []
+                text = WRITING if isinstance(event, Started) else REPAIRING.format(error=event.error)
+                await live.show(text, now=True)
             elif isinstance(event, TextDelta | PartParsed):
                 if isinstance(event, TextDelta):
                     pieces.append(event.text)
@@ -337,7 +361,8 @@ class TurnRunner:
             await live.end(TurnStatus.FAILED, blocked.message, retry=False)
             return None
         code = find_code(result.text).code
-        await live.save(status=TurnStatus.RUNNING, assistant_text=result.text, canvas_code=code)
+        repaired = {"params": {**live.turn.params, "repaired": True}} if result.repaired else {}
+        await live.save(status=TurnStatus.RUNNING, assistant_text=result.text, canvas_code=code, **repaired)
         notes = " ".join(result.stats.notes)
         if notes:
             await live.show(notes, now=True)
@@ -347,11 +372,16 @@ class TurnRunner:
 
     async def _render(self, live: LiveTurn, canvas: Canvas) -> None:
         seed = live.turn.seed if live.turn.seed is not None else 0
+        params = await edits.render_params_for(live, canvas, render_params(live.settings, seed))
         job = RenderJob(
-            owner=live.turn.owner, canvas=canvas, params=render_params(live.settings, seed), tag=str(live.id)
+            owner=live.turn.owner,
+            canvas=canvas,
+            params=params,
+            tag=str(live.id),
+            job_id=self.job_id(live, "render"),
         )
         try:
-            handle = self._submit(job)
+            handle = await self._submit(live, job)
         except EngineError as e:
             await live.end(TurnStatus.FAILED, str(e), retry=True)
             return

@@ -23,17 +23,22 @@ from bot.store import Store
 from bot.turns.errors import UserError
 from omost_engine.render.base import (
     CFG_RANGE,
+    HIRES_DENOISE_RANGE,
     HIRES_MIN_SCALE,
     HIRES_SCALE_RANGE,
+    HIRES_STEPS_RANGE,
+    MAX_FRAME_ZOOM,
     MAX_SIZE,
     MAX_STEPS,
     MIN_SIZE,
     SIZE_MULTIPLE,
     RenderParams,
 )
+from omost_engine.render.edit_plan import EditSpec
 
 MAX_SEED = 2**31 - 1
-SETTING_NAMES = ("size", "steps", "seed", "hires", "png")
+SETTING_NAMES = ("size", "steps", "seed", "hires", "hires_steps", "hires_denoise", "png", "edit")
+EDIT_MODES = ("auto", "full")
 
 
 @dataclass(frozen=True)
@@ -46,8 +51,20 @@ class TurnSettings:
     cfg: float
     hires_scale: float
     negative_prompt: str
+    hires_steps: int = 20  # Omost's high-resolution fix: its steps and denoise (SPEC, issue 12)
+    hires_denoise: float = 0.4
+    pooled: str = "omost"  # the pooled text embedding: Omost's, or standard SDXL's ("sdxl")
     seed: int | None = None
     png: bool = False  # also send the lossless PNG as a file
+    edit: str = "auto"  # "auto": an edit redraws only the regions it changed; "full": all of it
+    # what this picture's frame is (kept by the turns that continue it) and what this one turn does
+    frame_zoom: float = 1.0  # the canvas's boxes drawn scaled by 1 / frame_zoom (after Zoom out)
+    vary_region: int = 0  # Vary region: redraw only this region (1-based) with a new seed
+    zoom_out: float = 1.0  # Zoom out: the parent's picture scaled by 1 / zoom_out, a border drawn
+
+    def continued(self) -> TurnSettings:
+        """The settings a turn continuing this one starts from: the frame, not this turn's edit."""
+        return replace(self, vary_region=0, zoom_out=1.0)
 
     @classmethod
     def defaults(cls, render: RenderConfig) -> TurnSettings:
@@ -58,6 +75,9 @@ class TurnSettings:
             cfg=render.cfg,
             hires_scale=render.hires_scale,
             negative_prompt=render.negative_prompt,
+            hires_steps=render.hires_steps,
+            hires_denoise=render.hires_denoise,
+            pooled=render.pooled,
         )
 
     def merged(self, changes: Mapping[str, Any]) -> TurnSettings:
@@ -93,7 +113,12 @@ class TurnSettings:
             steps=int(within(self.steps, 1, MAX_STEPS)),
             cfg=within(self.cfg, *CFG_RANGE),
             hires_scale=within(self.hires_scale, *HIRES_SCALE_RANGE),
+            hires_steps=int(within(self.hires_steps, *HIRES_STEPS_RANGE)),
+            hires_denoise=within(self.hires_denoise, *HIRES_DENOISE_RANGE),
             seed=seed,
+            frame_zoom=within(self.frame_zoom, 1.0, MAX_FRAME_ZOOM),
+            vary_region=0,
+            zoom_out=1.0,
         )
 
     @property
@@ -102,16 +127,22 @@ class TurnSettings:
 
     def summary(self) -> str:
         seed = "random" if self.seed is None else str(self.seed)
-        hires = f"{self.hires_scale:g}x" if self.hires else "off"
+        hires = (
+            f"{self.hires_scale:g}x ({self.hires_steps} steps, denoise {self.hires_denoise:g})"
+            if self.hires
+            else "off"
+        )
         return (
             f"size {self.width}x{self.height}, {self.steps} steps, seed {seed}, hires {hires}, "
-            f"lossless PNG {'on' if self.png else 'off'}"
+            f"lossless PNG {'on' if self.png else 'off'}, edits {self.edit}"
         )
 
 
-def render_params(settings: TurnSettings, seed: int) -> RenderParams:
+def render_params(settings: TurnSettings, seed: int, edit: EditSpec | None = None) -> RenderParams:
     """The one conversion from a turn's settings to what the renderer takes."""
     return RenderParams(
+        frame_zoom=settings.frame_zoom,
+        edit=edit,
         width=settings.width,
         height=settings.height,
         steps=settings.steps,
@@ -119,6 +150,9 @@ def render_params(settings: TurnSettings, seed: int) -> RenderParams:
         seed=seed,
         negative_prompt=settings.negative_prompt,
         hires_scale=settings.hires_scale,
+        hires_steps=settings.hires_steps,
+        hires_denoise=settings.hires_denoise,
+        pooled="sdxl" if settings.pooled == "sdxl" else "omost",
     )
 
 
@@ -133,6 +167,10 @@ def settings_from_render_params(params: RenderParams, png: bool = False) -> Turn
         negative_prompt=params.negative_prompt,
         seed=params.seed,
         png=png,
+        frame_zoom=params.frame_zoom,
+        hires_steps=params.hires_steps,
+        hires_denoise=params.hires_denoise,
+        pooled=params.pooled,
     )
 
 
@@ -167,8 +205,16 @@ def parse_setting(key: str, value: str) -> dict[str, Any]:
         if value.lower() in ("off", "no", "none"):
             return {"hires_scale": 1.0}
         return {"hires_scale": _number(key, value, float, *HIRES_SCALE_RANGE)}
+    if key == "hires_steps":
+        return {"hires_steps": _number(key, value, int, *HIRES_STEPS_RANGE)}
+    if key == "hires_denoise":
+        return {"hires_denoise": _number(key, value, float, *HIRES_DENOISE_RANGE)}
     if key == "cfg":
         return {"cfg": _number(key, value, float, *CFG_RANGE)}
+    if key == "edit":
+        if value.lower() not in EDIT_MODES:
+            raise UserError(f"edit must be auto (redraw only what changed) or full, got “{value}”.")
+        return {"edit": value.lower()}
     if key == "png":
         if value.lower() not in ("on", "off", "yes", "no", "true", "false", "1", "0"):
             raise UserError(f"png must be on or off, got “{value}”.")

@@ -15,6 +15,11 @@ the tokens that followed the latest matching n-gram of the prompt; the model che
 forward pass. An edit turn mostly repeats the previous canvas, so many proposals are accepted;
 under greedy decoding the output is exactly that of plain decoding.
 
+With constrain = "auto" (the default) every answer is decoded under the Canvas grammar
+(llm/constrain.py): a logits processor masks the tokens that would break the canvas and, near the
+end of the budget, closes it by the shortest path, so every answer parses. It works with prompt
+lookup (the matcher rolls back rejected candidates), streaming, cancellation and seeds.
+
 It knows nothing of chats, queues or the renderer; torch and transformers are imported lazily so
 that importing this module stays cheap.
 """
@@ -130,7 +135,10 @@ class LocalBackend:
         max_matching_ngram_size: int = DEFAULT_MATCHING_NGRAM,
         offline: bool | None = None,
         cache_dir: str | None = None,
+        constrain: Literal["auto", "off"] = "auto",
     ) -> None:
+        if constrain not in ("auto", "off"):
+            raise ValueError(f"constrain must be 'auto' or 'off', not {constrain!r}")
         if quantize not in (None, "4bit", "8bit"):
             raise ValueError(f"quantize must be '4bit', '8bit' or None, not {quantize!r}")
         self.model_id = model
@@ -143,12 +151,18 @@ class LocalBackend:
         self.max_matching_ngram_size = max_matching_ngram_size
         self._offline = offline
         self._cache_dir = cache_dir
+        self.constrain = constrain
         self._model: Any = None
         self._tokenizer: Any = None
         self._config: Any = None
         self.device: str | None = None
         self.quantized: Quantize | None = None  # what the loaded model actually is
         self._lock = threading.Lock()
+
+    @property
+    def enforces_grammar(self) -> bool:
+        """True when every answer is decoded under the Canvas grammar (constrain = "auto")."""
+        return self.constrain == "auto"
 
     # --- loading -------------------------------------------------------------------------
 
@@ -365,6 +379,18 @@ class LocalBackend:
             kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=50)
         return kwargs
 
+    def _grammar_processor(self, model: Any, prompt_length: int, kwargs: dict[str, Any]) -> Any:
+        """The Canvas grammar's logits processor for one generation, or None when constrain = "off"."""
+        if not self.enforces_grammar:
+            return None
+        from omost_engine.llm.constrain import CanvasLogitsProcessor, tokenizer_view
+
+        stops = kwargs["eos_token_id"]
+        eos = self._tokenizer.eos_token_id
+        stop_id = eos if eos in stops else stops[0]
+        view = tokenizer_view(self._tokenizer, int(model.get_output_embeddings().weight.shape[0]))
+        return CanvasLogitsProcessor(view, prompt_length, kwargs["max_new_tokens"], stop_id)
+
     def _stream(
         self,
         messages: list[ChatMessage],
@@ -374,13 +400,21 @@ class LocalBackend:
         cancel: threading.Event,
     ) -> Iterator[str]:
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+        from transformers import (
+            LogitsProcessorList,
+            StoppingCriteria,
+            StoppingCriteriaList,
+            TextIteratorStreamer,
+        )
 
         model, tokenizer = self._model, self._tokenizer
         if model is None:  # unloaded between generate() and the first piece
             self.load()
             model = self._model
         enc = {k: v.to(model.device) for k, v in self._chat_ids(messages).items()}
+        processor = self._grammar_processor(model, int(enc["input_ids"].shape[-1]), kwargs)
+        if processor is not None:
+            kwargs = {**kwargs, "logits_processor": LogitsProcessorList([processor])}
 
         class CountingStreamer(TextIteratorStreamer):
             def put(self, value: torch.Tensor) -> None:

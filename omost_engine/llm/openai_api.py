@@ -26,6 +26,20 @@ any bearer token, is `e.detail`, logged once here at WARNING when the request fi
 
 The API key is read from the environment variable named in the config, never from the config.
 Runs on an engine lane thread (synchronous httpx); it knows nothing of chats, torch or GPUs.
+
+Server dialects (`server`): where a server can enforce the Canvas grammar (omost_engine/grammar.py)
+it is sent in that server's own request field, so every answer parses:
+
+    vllm       structured_outputs: {"grammar": <GBNF>}
+    sglang     ebnf: <GBNF>
+    llama.cpp  grammar: <GBNF>
+    tgi        response_format: {"type": "regex", "value": <regex>}
+    ollama, generic   nothing: the engine repairs an answer that does not parse (llm/repair.py)
+
+"auto" probes the server once, on the first generation, through endpoints those servers really
+serve (Ollama GET /api/version, llama.cpp GET /props, TGI GET /info, SGLang GET /get_server_info,
+vLLM GET /version) and logs what it found. A server that answers 400/422 to the grammar field is
+reported once (log and the answer's notes) and the request is sent again without it.
 """
 
 from __future__ import annotations
@@ -37,7 +51,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
@@ -57,6 +71,62 @@ _TOO_MUCH = (
     "The language model's answer ran past the longest canvas the bot reads without finishing, "
     "so it was stopped. Try again, perhaps with a simpler request."
 )
+
+Server = Literal["auto", "vllm", "sglang", "llama.cpp", "tgi", "ollama", "generic"]
+SERVERS: tuple[str, ...] = ("auto", "vllm", "sglang", "llama.cpp", "tgi", "ollama", "generic")
+ENFORCING_SERVERS = frozenset({"vllm", "sglang", "llama.cpp", "tgi"})
+"""Dialects with a request field that enforces a grammar while the server decodes."""
+
+_GRAMMAR_KEYS = ("structured_outputs", "ebnf", "grammar", "response_format")
+
+
+def grammar_fields(server: str) -> dict[str, Any]:
+    """The request-body fields that carry the Canvas grammar in `server`'s dialect ({} if none)."""
+    from omost_engine.grammar import to_gbnf, to_regex
+
+    if server == "vllm":
+        return {"structured_outputs": {"grammar": to_gbnf()}}
+    if server == "sglang":
+        return {"ebnf": to_gbnf()}
+    if server == "llama.cpp":
+        return {"grammar": to_gbnf()}
+    if server == "tgi":
+        return {"response_format": {"type": "regex", "value": to_regex()}}
+    return {}
+
+
+def probe_server(base_url: str, timeout: float = 3.0) -> tuple[str, str]:
+    """(dialect, evidence) for the server at `base_url` (ending in /v1), as "auto" would find it."""
+    root = base_url.rstrip("/")
+    root = root[: -len("/v1")] if root.endswith("/v1") else root
+    with httpx.Client(timeout=timeout) as client:
+        return _probe(client, root)
+
+
+def _probe(client: httpx.Client, root: str) -> tuple[str, str]:
+    """(dialect, evidence): which server answers at `root` (the base URL without /v1)."""
+    checks: list[tuple[str, str, Any]] = [
+        ("ollama", "/api/version", lambda d: "version" in d),
+        ("llama.cpp", "/props", lambda d: "default_generation_settings" in d),
+        ("tgi", "/info", lambda d: "model_id" in d and ("router" in d or "max_total_tokens" in d)),
+        ("sglang", "/get_server_info", lambda d: bool(d)),
+        ("vllm", "/version", lambda d: "version" in d),
+    ]
+    reached = False
+    for dialect, path, looks_right in checks:
+        try:
+            response = client.get(root + path, timeout=3.0)
+            reached = True
+            data = response.json() if response.status_code == 200 else None
+        except httpx.TransportError:
+            continue  # refused or timed out: says nothing about the dialect
+        except (httpx.HTTPError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(data, dict) and looks_right(data):
+            return dialect, f"GET {path} answered"
+    if not reached:
+        return "", "the server did not answer any probe"
+    return "generic", "none of /api/version, /props, /info, /get_server_info, /version answered as expected"
 
 
 class OpenAIBackend:
@@ -78,7 +148,18 @@ class OpenAIBackend:
         retry_backoff: float = 0.5,
         max_retry_wait: float = 10.0,
         include_usage: bool = True,
+        server: Server = "auto",
+        constrain: Literal["auto", "off"] = "auto",
     ) -> None:
+        if server not in SERVERS:
+            raise ValueError(f"server must be one of {', '.join(SERVERS)}, not {server!r}")
+        if constrain not in ("auto", "off"):
+            raise ValueError(f"constrain must be 'auto' or 'off', not {constrain!r}")
+        self.server_setting = server
+        self.server: str | None = None if server == "auto" else server  # the dialect in use
+        self.constrain = constrain
+        self._grammar_rejected = False
+        self._probe_lock = threading.Lock()
         self.model = model
         self.name = f"openai:{model}"
         self.base_url = base_url.rstrip("/")
@@ -102,6 +183,65 @@ class OpenAIBackend:
                     "server's API key is not set."
                 )
         self._client = httpx.Client(timeout=httpx.Timeout(timeout, connect=connect_timeout))
+
+    # --- the server's dialect and the grammar --------------------------------------------
+
+    @property
+    def root_url(self) -> str:
+        """The server's root: base_url without its trailing /v1 (where the probe endpoints live)."""
+        return self.base_url[: -len("/v1")] if self.base_url.endswith("/v1") else self.base_url
+
+    def detect_server(self) -> str:
+        """The dialect in use, probing the server once when `server = "auto"`."""
+        with self._probe_lock:
+            if self.server is None:
+                found, evidence = _probe(self._client, self.root_url)
+                if not found:  # unreachable now: send this request plain and probe again next time
+                    log.warning("cannot probe the model server at %s: %s", self.base_url, evidence)
+                    return "generic"
+                self.server = found
+                how = (
+                    f"the Canvas grammar goes in its {next(iter(grammar_fields(self.server)))} field"
+                    if self.server in ENFORCING_SERVERS
+                    else "it cannot enforce the Canvas grammar; answers that do not parse get one repair turn"
+                )
+                log.info(
+                    "language model server at %s is %s (%s); %s", self.base_url, self.server, evidence, how
+                )
+            return self.server
+
+    @property
+    def enforces_grammar(self) -> bool:
+        """True when the server is sent the Canvas grammar and has not refused it."""
+        return (
+            self.constrain == "auto"
+            and self.server in ENFORCING_SERVERS
+            and not self._grammar_rejected
+        )
+
+    def _grammar_refused(
+        self, status: int, raw: bytes, body: dict[str, Any], stats: GenerationStats
+    ) -> bool:
+        """A 400/422 to a request carrying the grammar: report it once, drop the field, go on."""
+        sent = [k for k in _GRAMMAR_KEYS if k in body]
+        if status not in (400, 422) or not sent or not self.enforces_grammar:
+            return False
+        self._grammar_rejected = True
+        for key in sent:
+            del body[key]
+        log.warning(
+            "%s",
+            self._redact(
+                f"{self.base_url} ({self.server}) refused the Canvas grammar in {', '.join(sent)} "
+                f"(HTTP {status}: {_message(_json_or_text(raw))}); sending answers unconstrained"
+            ),
+        )
+        # The user's note names no URL or server text (issue 13's rule for what users see).
+        stats.notes.append(
+            f"The language model server ({self.server}) refused the Canvas grammar (HTTP {status}); "
+            "answers are no longer constrained, and one that does not parse gets a repair turn."
+        )
+        return True
 
     # --- protocol ------------------------------------------------------------------------
 
@@ -132,6 +272,10 @@ class OpenAIBackend:
             body["seed"] = params.seed
         if self.include_usage:
             body["stream_options"] = {"include_usage": True}
+        if self.constrain == "auto":
+            self.detect_server()
+            if self.enforces_grammar:
+                body.update(grammar_fields(self.server or "generic"))
         return Generation(self._stream(body, stats, cancel), stats)
 
     # --- HTTP ----------------------------------------------------------------------------
@@ -184,7 +328,10 @@ class OpenAIBackend:
                 with BoundedStream(self._client, request, cancel, self._bounds(), deadline) as stream:
                     response = stream.head()
                     if response.status_code != 200:
-                        error, wait = self._http_error(response, stream.body(_ERROR_BODY_BYTES))
+                        raw = stream.body(_ERROR_BODY_BYTES)
+                        if self._grammar_refused(response.status_code, raw, body, stats):
+                            continue  # sent again at once without the grammar field
+                        error, wait = self._http_error(response, raw)
                         if wait is not None and attempt < self.retries:
                             attempt += 1
                             self._wait(wait if wait > 0 else self.retry_backoff * 2 ** (attempt - 1), cancel)

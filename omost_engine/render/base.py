@@ -57,6 +57,8 @@ MIN_SIZE, MAX_SIZE = 64, 2048
 MAX_STEPS = 150
 CFG_RANGE = (0.0, 30.0)
 HIRES_SCALE_RANGE = (1.0, 2.0)
+HIRES_STEPS_RANGE = (1, 100)  # Omost's app's sliders for its high-resolution fix
+HIRES_DENOISE_RANGE = (0.1, 1.0)
 HIRES_MIN_SCALE = 1.05
 """SPEC 6: the high-resolution fix runs when the scale is above this."""
 MAX_FRAME_ZOOM = 8.0

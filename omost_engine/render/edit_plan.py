@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from PIL import Image
 
 from omost_engine.canvas import GRID, Box, Canvas, Region, diff_canvases
+
+if TYPE_CHECKING:  # render/base.py imports this module
+    from omost_engine.render.base import RenderParams
 
 EditKind = Literal["inpaint", "vary", "zoom_out"]
 CropMode = Literal["auto", "always", "never"]
@@ -306,3 +309,12 @@ def zoomed_out(parent: Image.Image, zoom: float) -> tuple[Image.Image, tuple[int
     frame = Image.new("RGB", (width, height), mean)
     frame.paste(parent.convert("RGB").resize((w, h), Image.Resampling.LANCZOS), (left, top))
     return frame, (top, top + h, left, left + w)
+
+
+def edited_params(params: RenderParams, spec: EditSpec) -> RenderParams:
+    """The settings an edit renders with: the parent's size, and a zoom out's new framing."""
+    parent = spec.parent_image()
+    frame_zoom = params.frame_zoom * spec.zoom if spec.kind == "zoom_out" else params.frame_zoom
+    return replace(
+        params, width=parent.width, height=parent.height, hires_scale=1.0, frame_zoom=frame_zoom, edit=spec
+    )

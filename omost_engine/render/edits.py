@@ -22,7 +22,7 @@ no second hires pass). Knows torch and diffusers through the renderer; nothing o
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,6 +39,7 @@ from omost_engine.render.edit_plan import (
     edit_masks,
     zoomed_out,
 )
+from omost_engine.render.edit_plan import edited_params as edited_params  # re-exported
 from omost_engine.render.encoding import Conditions
 from omost_engine.render.sampling import draw_noise, first_sigma, initial_latents, seeded_generator
 
@@ -145,12 +146,3 @@ def render_edit(
     full.paste(drawn, (x0, y0))
     image = composite(frame, full, masks.soft)
     return EditOutcome(image=image, window=window, redrawn_fraction=masks.redrawn_fraction)
-
-
-def edited_params(params: RenderParams, spec: EditSpec) -> RenderParams:
-    """The settings an edit renders with: the parent's size, and a zoom out's new framing."""
-    parent = spec.parent_image()
-    frame_zoom = params.frame_zoom * spec.zoom if spec.kind == "zoom_out" else params.frame_zoom
-    return replace(
-        params, width=parent.width, height=parent.height, hires_scale=1.0, frame_zoom=frame_zoom, edit=spec
-    )

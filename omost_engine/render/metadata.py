@@ -331,7 +331,7 @@ def read_png_metadata(source: bytes | Path, limits: PngLimits | None = None) -> 
     pooled = text.get(PREFIX + "pooled")
     if pooled is not None:
         if pooled in POOLED_EMBEDDINGS:
-            params = replace(params, pooled=pooled)
+            params = replace(params, pooled="sdxl" if pooled == "sdxl" else "omost")
         else:
             ignored.append("pooled")
     model = text.get(MODEL_KEY)

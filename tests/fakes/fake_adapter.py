@@ -84,10 +84,14 @@ class FakeAdapter:
         await self.handler.on_message(self, message)
         return message
 
-    async def press(self, action: str, turn_id: int, *, user: str = "alice", chat: str = "c1") -> str | None:
-        """Press a button as `user`; returns the private answer the presser was shown."""
+    async def press(
+        self, action: str, turn_id: int, *, user: str = "alice", chat: str = "c1", value: str = ""
+    ) -> str | None:
+        """Press a button (or pick a Choice's `value`) as `user`; returns the private answer the
+        presser was shown."""
         assert self.handler is not None
-        answer = await self.handler.on_button(self, ButtonPress(self.platform, chat, user, action, turn_id))
+        press = ButtonPress(self.platform, chat, user, action, turn_id, value=value)
+        answer = await self.handler.on_button(self, press)
         self.answers.append(answer)
         return answer
 

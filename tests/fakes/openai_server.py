@@ -28,11 +28,23 @@ or the server is stopped):
 `server.sent_chars` counts the answer characters streamed by "runaway".
 
 Requests are recorded (`server.requests`: headers and JSON bodies) so tests can check what a
-client sent. This module knows nothing of the project's backends.
+client sent. `replies` (a queue) gives the next answers, one per request, before `reply`.
+
+Dialects (`dialect`): the fake answers the probe endpoint that server really serves (vLLM
+GET /version, SGLang GET /get_server_info, llama.cpp GET /props, TGI GET /info, Ollama
+GET /api/version; "generic" none) and reads a grammar only from that server's own field (vLLM
+`structured_outputs.grammar`, SGLang `ebnf`, llama.cpp `grammar`, TGI `response_format` with
+type "regex"; Ollama and generic none; a grammar in another field is ignored, as vLLM ignores
+unknown fields). A grammar it reads must compile (else 400, like the real servers), and then the
+answer is sampled under *that* grammar with llguidance from random logits over a byte-level
+tokenizer (`grammar_sampler`), instead of `reply`. `reject_grammar` answers 400 to any request
+carrying the dialect's grammar field, as a server built without grammar support does.
+This module knows nothing of the project's backends.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -72,6 +84,10 @@ class FakeOpenAIServer:
     sent_chars: int = 0
     odd_event: str = "[1, 2]"
     requests: list[RecordedRequest] = field(default_factory=list)
+    replies: deque[str] = field(default_factory=deque)
+    dialect: str = "generic"
+    reject_grammar: bool = False
+    grammars: list[str] = field(default_factory=list)  # each grammar read from its dialect's field
 
     def __post_init__(self) -> None:
         self._httpd: ThreadingHTTPServer | None = None
@@ -172,9 +188,29 @@ class _Handler(BaseHTTPRequestHandler):
         if fault in ("500", "503"):
             self._error(int(fault), "Internal server error: CUDA error", "InternalServerError")
             return
-        self._stream(body, fault)
+        grammar = _grammar_in(fake.dialect, body)
+        if grammar is not None:
+            if fake.reject_grammar:
+                self._error(400, f"{fake.dialect} was built without grammar support", "BadRequestError")
+                return
+            try:
+                text = sample_under_grammar(grammar, int(body.get("seed") or 0))
+            except ValueError as e:
+                self._error(400, f"invalid grammar: {e}", "BadRequestError")
+                return
+            fake.grammars.append(grammar[1])
+            self._stream(body, fault, text)
+            return
+        self._stream(body, fault, fake.replies.popleft() if fake.replies else None)
 
-    def _stream(self, body: dict[str, Any], fault: str) -> None:
+    def do_GET(self) -> None:
+        probe = _PROBES.get(self.fake.dialect)
+        if probe is not None and self.path == probe[0]:
+            self._json(200, probe[1])
+        else:
+            self._error(404, f"Not Found: {self.path}", "NotFoundError")
+
+    def _stream(self, body: dict[str, Any], fault: str, reply: str | None) -> None:
         fake = self.fake
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream; charset=utf-8")
@@ -202,7 +238,8 @@ class _Handler(BaseHTTPRequestHandler):
             else:
                 self._event(payload)
 
-        pieces = fake.pieces()
+        text = fake.reply if reply is None else reply
+        pieces = [text[i : i + fake.piece_chars] for i in range(0, len(text), fake.piece_chars)]
         limit = int(body.get("max_tokens") or len(pieces))
         sent = pieces[:limit]
         send(chunk({"role": "assistant", "content": ""}))
@@ -301,3 +338,81 @@ _HOSTILE = {
     "runaway": _runaway,
     "401_echo": _401_echo,
 }
+
+
+# --- dialects --------------------------------------------------------------------------------
+
+_PROBES: dict[str, tuple[str, dict[str, Any]]] = {
+    "vllm": ("/version", {"version": "0.11.0"}),
+    "sglang": ("/get_server_info", {"version": "0.5.4", "tp_size": 1, "model_path": "omost"}),
+    "llama.cpp": ("/props", {"default_generation_settings": {"n_ctx": 8192}, "total_slots": 1}),
+    "tgi": ("/info", {"model_id": "omost", "router": "text-generation-router", "max_total_tokens": 8192}),
+    "ollama": ("/api/version", {"version": "0.12.3"}),
+}
+
+
+def _grammar_in(dialect: str, body: dict[str, Any]) -> tuple[str, str] | None:
+    """(kind, text) of the grammar in `dialect`'s own field of the request, if any."""
+    if dialect == "vllm":
+        structured = body.get("structured_outputs") or {}
+        grammar = structured.get("grammar") if isinstance(structured, dict) else None
+        return ("gbnf", grammar) if isinstance(grammar, str) else None
+    if dialect == "sglang" and isinstance(body.get("ebnf"), str):
+        return "gbnf", body["ebnf"]
+    if dialect == "llama.cpp" and isinstance(body.get("grammar"), str):
+        return "gbnf", body["grammar"]
+    if dialect == "tgi":
+        fmt = body.get("response_format") or {}
+        if isinstance(fmt, dict) and fmt.get("type") == "regex" and isinstance(fmt.get("value"), str):
+            return "regex", fmt["value"]
+    return None
+
+
+@functools.cache
+def _sampling_tokenizer() -> Any:
+    from tests.tiny_llm import build_tokenizer
+
+    return build_tokenizer()
+
+
+def sample_under_grammar(grammar: tuple[str, str], seed: int, max_tokens: int = 250) -> str:
+    """Text sampled from random logits under the grammar a request carried (the server's job).
+
+    The mask comes from the grammar as sent (GBNF or regex, compiled by llguidance); near the
+    budget the project's closing rule ends the canvas, as a server with a max_tokens would.
+    """
+    import dataclasses
+
+    import llguidance
+    import torch
+    from llguidance.gbnf_to_lark import gbnf_to_lark
+
+    from omost_engine.llm.constrain import CanvasLogitsProcessor, tokenizer_view
+
+    kind, text = grammar
+    tokenizer = _sampling_tokenizer()
+    view = tokenizer_view(tokenizer, len(tokenizer))
+    try:
+        compiled = (
+            llguidance.LLMatcher.grammar_from_lark(gbnf_to_lark(text))
+            if kind == "gbnf"
+            else llguidance.LLMatcher.grammar_from_regex(text)
+        )
+    except Exception as e:  # the converter raises on syntax it cannot read
+        raise ValueError(str(e)) from e
+    error = llguidance.LLMatcher.validate_grammar(compiled, view.ll_tokenizer)
+    if error:
+        raise ValueError(error)
+    processor = CanvasLogitsProcessor(
+        dataclasses.replace(view, grammar=compiled), 0, max_tokens, tokenizer.eos_token_id
+    )
+    generator = torch.Generator().manual_seed(seed)
+    ids: list[int] = []
+    while len(ids) < max_tokens:
+        scores = torch.randn(1, len(tokenizer), generator=generator) * 3
+        masked = processor(torch.tensor([ids], dtype=torch.long), scores)
+        token = int(torch.multinomial(torch.softmax(masked[0], -1), 1, generator=generator))
+        if token == tokenizer.eos_token_id:
+            break
+        ids.append(token)
+    return str(tokenizer.decode(ids))
