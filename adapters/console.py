@@ -327,6 +327,8 @@ class ConsoleAdapter:
                 )
                 self._printed_code[ref.message_id] = len(complete)
             return
+        # a status without code ends the stream; a repair turn's answer then streams from its start
+        self._printed_code.pop(ref.message_id)
         text = post.text
         if post.progress is not None:
             step, total = post.progress

@@ -2,8 +2,8 @@
 
 python -m tests.fakes.console_bot DATA_DIR STEP_DELAY_S [unparsable-first]
 
-With `unparsable-first`, the model's first answer holds no code (a failed parse, for /retry);
-its later answers are the seed conversation's.
+With `unparsable-first`, the model's first answer and the engine's repair turn after it hold no
+code (a failed parse, for /retry); its later answers are the seed conversation's.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def main() -> int:
     )
     answers = seed_answers()
     if sys.argv[3:] == ["unparsable-first"]:
-        answers = [UNPARSABLE, *answers]
+        answers = [UNPARSABLE, UNPARSABLE, *answers]
     llm = FakeLLM(answers)
     return asyncio.run(chat(config, llm=llm, renderer=FakeRenderer(step_delay_s=step_delay)))
 
