@@ -51,10 +51,10 @@ async def chat(
         console.console.print(
             "omost-bot: describe a picture (/help for commands, /quit to leave)", style="bold"
         )
-    async with App(config, adapters=[console], llm=llm, renderer=renderer) as app:
-        await console.input_done.wait()
-        if not console.quit_requested:
-            await app.runner.drain()
+    # Ctrl+C cancels the running turn and a second one quits; SIGTERM quits (adapters/console.py)
+    with console.signal_handlers():
+        async with App(config, adapters=[console], llm=llm, renderer=renderer) as app:
+            await console.session(app.runner.drain)
     return 0
 
 

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from dataclasses import dataclass
 
 from adapters.base import Adapter, ButtonPress, Choice, Incoming, Post, clipped
 from bot.policy import EMPTY_REQUEST_MESSAGE, Policy, is_blank
@@ -55,6 +56,17 @@ NOT_YOURS = "Only the person who asked for this picture (or an admin) can cancel
 NOT_YOURS_TO_VARY = "Only the person who asked for this picture (or an admin) can redraw part of it."
 
 
+@dataclass(frozen=True)
+class ChatLatest:
+    """A chat's latest turn and latest picture: what the terminal names when a command gives no
+    turn number, and the conversation a new terminal session continues."""
+
+    turn_id: int | None = None
+    turn_status: str | None = None
+    turn_at: float | None = None  # when the latest turn was made (epoch seconds)
+    result_id: int | None = None  # the latest turn that was drawn
+
+
 class ChatHandler:
     def __init__(
         self,
@@ -77,6 +89,16 @@ class ChatHandler:
 
     def new_seed(self) -> int:
         return self._rng.randrange(2**31)
+
+    async def latest_in_chat(self, platform: str, chat: str, thread: str = "") -> ChatLatest:
+        """The latest turn and latest drawn turn of the chat's current conversation."""
+        conversation, latest = await self.store.conversation_head(platform, chat, thread)
+        if conversation is None or latest is None:
+            return ChatLatest()
+        result: Turn | None = latest
+        if latest.status != TurnStatus.DONE:
+            result = await self.store.latest_turn(conversation.id, statuses=[TurnStatus.DONE])
+        return ChatLatest(latest.id, latest.status.value, latest.created_at, result.id if result else None)
 
     # --- messages ------------------------------------------------------------------------------
 
