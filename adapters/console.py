@@ -10,6 +10,7 @@ Input (HELP_TEXT is the user's version):
     ```python ... ```      canvas code (several lines) drawn directly
     a .png or .py path     continue from one of the bot's pictures, or draw a canvas file
     /newseed /rewrite /hires /retry [N]   the result's buttons, on the latest turn or turn N
+    /vary [N]  /zoom [X]                 Vary region N, Zoom out (X times), on the latest picture
     /new /undo /cancel /settings /seed /size /steps /hires X   the bot's chat commands
     /help /quit            answered here
 
@@ -46,7 +47,14 @@ from adapters.console_input import StdinLines, dropped_path
 PLATFORM = "console"
 CHAT = "local"
 # the result's buttons as typed commands: command -> the button's action
-BUTTON_COMMANDS = {"newseed": "seed", "rewrite": "rewrite", "hires": "hires", "retry": "retry"}
+BUTTON_COMMANDS = {
+    "newseed": "seed",
+    "rewrite": "rewrite",
+    "hires": "hires",
+    "vary": "vary",
+    "zoom": "zoom",
+    "retry": "retry",
+}
 DOUBLE_PRESS_S = 2.0  # a second Ctrl+C this soon after the first quits
 CANCEL_GRACE_S = 3.0  # how long quitting waits for a turn it just cancelled to say so
 MAX_FILE_BYTES = 20 * 1024 * 1024  # the bot's own attachment limit (bot/turns/requests.py)
@@ -60,6 +68,8 @@ then it is drawn. Each request continues the latest picture.
   /newseed [N]              draw the latest picture (or turn N) again with a new seed
   /rewrite [N]              ask the model to write that request again
   /hires [#N]               redraw it at 1.5x (/hires 1.5 or /hires off sets it for new pictures)
+  /vary [N]                 redraw region N of the latest picture with a new seed (no N: list them)
+  /zoom [X]                 zoom the latest picture out (1.5x, or X): only the new border is drawn
   /retry [N]                try a failed or cancelled turn again
   /undo  /new               step back one turn  /  start a fresh conversation
   /seed N|random  /size WxH  /steps N  /settings    your settings for new pictures
@@ -278,6 +288,10 @@ class ConsoleAdapter:
             path = self._keep(file, "code")
             label = "code" if file.filename.endswith(".py") else "file"  # e.g. an answer that failed
             self.console.print(f"  {label}: {path}", style="cyan", markup=False, soft_wrap=True)
+        for choice in post.choices:  # a question (Vary region: which region?) as typed commands
+            self.console.print(
+                f"  /{choice.action} {choice.value}   {choice.label}", markup=False, soft_wrap=True
+            )
         if post.buttons and post.turn_id is not None:
             self._show_commands(post)
 
@@ -339,6 +353,10 @@ class ConsoleAdapter:
             return
         self._last_status[ref.message_id] = text
         self.console.print(f"· {text}", style="yellow", markup=False)
+        for choice in post.choices:  # a question (Vary region: which region?) as typed commands
+            self.console.print(
+                f"  /{choice.action} {choice.value}   {choice.label}", markup=False, soft_wrap=True
+            )
         if post.buttons and post.turn_id is not None:
             self._show_commands(post)
 
@@ -388,6 +406,8 @@ class ConsoleAdapter:
             self._quit("quit")
         elif name == "help":
             self.console.print(HELP_TEXT, markup=False, soft_wrap=True)
+        elif name in ("vary", "zoom"):
+            await self._edit_command(name, rest.strip())
         elif name in BUTTON_COMMANDS and not _is_setting(name, rest.strip()):
             await self._button_command(name, rest.strip())
         else:
@@ -407,6 +427,21 @@ class ConsoleAdapter:
             if turn_id is None:
                 return
         answer = await self._press(action, turn_id)
+        if answer:
+            self._say(answer)
+
+    async def _edit_command(self, name: str, argument: str) -> None:
+        """/vary [N]: redraw region N of the latest picture with a new seed (no N: list them);
+        /zoom [X]: zoom the latest picture out (1.5x, or X)."""
+        if argument and not re.fullmatch(r"\d+(\.\d+)?", argument):
+            example = "/vary 2 (region 2)" if name == "vary" else "/zoom 1.5"
+            self._say(f"/{name} takes a number, e.g. {example}.")
+            return
+        turn_id = await self._default_turn(name, name)
+        if turn_id is None:
+            return
+        press = ButtonPress(PLATFORM, CHAT, self.user, name, turn_id, user_name=self.user, value=argument)
+        answer = await self._handler.on_button(self, press) if self._handler is not None else None
         if answer:
             self._say(answer)
 

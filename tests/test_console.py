@@ -303,3 +303,17 @@ def test_requests_redirected_from_a_file_are_all_drawn(tmp_path: Path) -> None:
         )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Turn 1: done." in done.stdout and "Turn 2: done." in done.stdout
+
+
+def test_vary_region_and_zoom_out_as_typed_commands(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert "Turn 1: done." in _piped(data, "a lighthouse in a storm\n").stdout
+    varied = _piped(data, "/vary\n/vary 2\n")
+    assert varied.returncode == 0, varied.stdout + varied.stderr
+    assert "which region should I redraw with a new seed?" in varied.stdout
+    assert re.search(r"^  /vary 2   2\. ", varied.stdout, re.M)  # the regions, as the commands to type
+    assert "Redrew region 2 with a new seed" in varied.stdout and "Turn 2: done." in varied.stdout
+    zoomed = _piped(data, "/zoom 2\n")
+    assert "Zoomed out 2x" in zoomed.stdout and "Turn 3: done." in zoomed.stdout
+    assert _column(data, 3, "params") and '"frame_zoom": 2.0' in str(_column(data, 3, "params"))
+    assert "/zoom takes a number" in _piped(data, "/zoom far\n").stdout

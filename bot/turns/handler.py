@@ -46,6 +46,7 @@ SETTINGS_HINT = ". Change with e.g. /settings size=1024x1024 steps=30 seed=rando
 SETTING_COMMANDS = {"settings": "", "seed": "seed", "size": "size", "steps": "steps", "hires": "hires"}
 HIRES_BUTTON_SCALE = 1.5
 ZOOM_OUT_STEP = 1.5
+MAX_ZOOM_STEP = 4.0
 MAX_CHOICES = 25  # Discord's select menus hold 25 options
 CHOICE_LABEL_LIMIT = 60
 STORAGE_REFUSED = (
@@ -65,6 +66,19 @@ class ChatLatest:
     turn_status: str | None = None
     turn_at: float | None = None  # when the latest turn was made (epoch seconds)
     result_id: int | None = None  # the latest turn that was drawn
+
+
+def _zoom_step(value: str) -> float:
+    """How far Zoom out goes: the button's 1.5x, or a factor typed in the terminal (/zoom 2)."""
+    if not value:
+        return ZOOM_OUT_STEP
+    try:
+        step = float(value)
+    except ValueError:
+        step = 0.0
+    if not 1.0 < step <= MAX_ZOOM_STEP:
+        raise UserError(f"Zoom out takes a factor above 1 and at most {MAX_ZOOM_STEP:g}, e.g. 1.5.")
+    return step
 
 
 class ChatHandler:
@@ -397,10 +411,11 @@ class ChatHandler:
                 raise UserError("That region is not in this picture.")
             settings, seed = settings.merged({"vary_region": picked}), self.new_seed()
         else:
-            zoomed = settings.frame_zoom * ZOOM_OUT_STEP
+            step = _zoom_step(press.value)
+            zoomed = settings.frame_zoom * step
             if zoomed > MAX_FRAME_ZOOM:
                 raise UserError("That picture is zoomed out as far as it goes.")
-            settings = settings.merged({"zoom_out": ZOOM_OUT_STEP, "frame_zoom": zoomed})
+            settings = settings.merged({"zoom_out": step, "frame_zoom": zoomed})
         return await self.store.create_turn(
             conversation_id=turn.conversation_id,
             parent_id=turn.id,
