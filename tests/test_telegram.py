@@ -559,7 +559,7 @@ async def test_a_result_photo_refused_six_times_is_posted_on_the_next_try(
         (status,) = await bot.statuses_done(ALICE)
         assert any(DELIVERY_RETRYING in text for text in status.shown)
         assert not any("went wrong" in text for text in status.shown)
-        assert result.buttons == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1"]
+        assert result.buttons == ["omost:seed:1", "omost:rewrite:1", "omost:hires:1", "omost:vary:1", "omost:zoom:1"]
         assert len(bot.previews(ALICE)) == 1  # nothing was posted twice
 
 
