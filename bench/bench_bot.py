@@ -205,6 +205,7 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=200)
     ap.add_argument("--turns", type=int, default=200)
     ap.add_argument("--baseline", help="also measure the overhead of this git ref, in the same run")
+    ap.add_argument("--overhead-only", action="store_true", help="skip the load and history parts")
     ap.add_argument("--tree", help=argparse.SUPPRESS)
     ap.add_argument("--overhead-json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -222,8 +223,9 @@ def main() -> None:
                 f"p99 {now['p99_ms'] / base['p99_ms']:.2f}, "
                 f"store round trips {now['trips'] / base['trips']:.2f}"
             )
-        asyncio.run(load(Path(tmp) / "b", args.users))
-        asyncio.run(history(Path(tmp) / "c"))
+        if not args.overhead_only:
+            asyncio.run(load(Path(tmp) / "b", args.users))
+            asyncio.run(history(Path(tmp) / "c"))
 
 
 if __name__ == "__main__":

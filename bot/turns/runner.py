@@ -296,9 +296,14 @@ class TurnRunner:
                     return
                 preview = True
             flight.answered.set()
-            if preview:
-                await results.post_layout_preview(live, canvas)
-            await self._render(live, canvas)
+            # the layout preview is drawn and posted while the render is submitted and starts: it
+            # is in the chat at once, but it is off the turn's own path (the result waits for it)
+            shown = asyncio.create_task(self._preview(live, canvas)) if preview else None
+            try:
+                await self._render(live, canvas, shown)
+            finally:
+                if shown is not None and not shown.done():
+                    shown.cancel()
         except asyncio.CancelledError:
             if not self._closing:  # cancelled for its own sake (e.g. while waiting for its parent)
                 await self._end_quietly(live, TurnStatus.CANCELLED, "Cancelled.")
@@ -410,6 +415,8 @@ class TurnRunner:
             elif isinstance(event, TextDelta | PartParsed):
                 if isinstance(event, TextDelta):
                     pieces.append(event.text)
+                    if "\n" not in event.text:
+                        continue  # the status shows whole lines: nothing new to show yet
                 else:
                     parts.append(_part_label(event))
                 await live.show(_regions_text(parts), code="".join(pieces))
@@ -443,7 +450,16 @@ class TurnRunner:
 
     # --- render ----------------------------------------------------------------------------------
 
-    async def _render(self, live: LiveTurn, canvas: Canvas) -> None:
+    @staticmethod
+    async def _preview(live: LiveTurn, canvas: Canvas) -> None:
+        try:
+            await results.post_layout_preview(live, canvas)
+        except Exception:  # a preview that cannot be posted must not cost the picture
+            log.exception("turn %s: the layout preview could not be posted", live.id)
+
+    async def _render(
+        self, live: LiveTurn, canvas: Canvas, preview: asyncio.Task[None] | None = None
+    ) -> None:
         seed = live.turn.seed if live.turn.seed is not None else 0
         params = await edits.render_params_for(live, canvas, render_params(live.settings, seed))
         job = RenderJob(
@@ -469,7 +485,9 @@ class TurnRunner:
                 await live.show(
                     f"{phase}, step {event.index}/{event.total}", progress=(event.index, event.total)
                 )
-            elif isinstance(event, Finished) and isinstance(event.result, RenderResult):
+            elif isinstance(event, Finished | Failed | Cancelled) and preview is not None:
+                await preview  # the layout is in the chat (its link collected) before what follows
+            if isinstance(event, Finished) and isinstance(event.result, RenderResult):
                 data = await results.store_result(live, event.result, self.model_name)
                 await results.deliver(live, canvas, data, delays_s=self.delivery_delays_s)
             elif isinstance(event, Failed | Cancelled):
