@@ -63,6 +63,8 @@ def _wrap(
         else:
             lines.append(current)
             current = word
+            if len(lines) > max_lines:
+                break  # the rest is cut anyway: no need to measure it
     if current:
         lines.append(current)
     if len(lines) > max_lines:
