@@ -181,3 +181,20 @@ async def test_a_retry_of_someone_elses_turn_runs_as_the_presser(tmp_path: Path)
         )
     finally:
         await app.__aexit__(None, None, None)
+
+
+async def test_new_seed_and_rewrite_on_a_varied_picture_do_not_vary_again(tmp_path: Path) -> None:
+    app, bot = await open_bot(tmp_path)
+    try:
+        await bot.adapter.say("a battle")
+        await bot.settle()
+        await bot.adapter.press("vary", 1, value="1")
+        await bot.settle()
+        assert (await bot.turn(2)).params["vary_region"] == 1
+        await bot.adapter.press("seed", 2)
+        await bot.adapter.press("rewrite", 2)
+        await bot.settle()
+        assert (await bot.turn(3)).params["vary_region"] == 0 and (await bot.turn(4)).params["vary_region"] == 0
+        assert bot.renderer.calls[-1][1].edit is None and bot.renderer.calls[-2][1].edit is None
+    finally:
+        await app.__aexit__(None, None, None)

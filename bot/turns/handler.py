@@ -416,6 +416,10 @@ class ChatHandler:
             if zoomed > MAX_FRAME_ZOOM:
                 raise UserError("That picture is zoomed out as far as it goes.")
             settings = settings.merged({"zoom_out": step, "frame_zoom": zoomed})
+        return await self._render_turn(turn, presser, settings, seed)
+
+    async def _render_turn(self, turn: Turn, presser: str, settings: TurnSettings, seed: int | None) -> Turn:
+        """A turn drawing `turn`'s canvas again (a new seed, hires, a varied region, zoomed out)."""
         return await self.store.create_turn(
             conversation_id=turn.conversation_id,
             parent_id=turn.id,
@@ -436,21 +440,14 @@ class ChatHandler:
         if action in ("seed", "hires"):
             if turn.canvas_code is None:
                 raise UserError("That turn has no canvas to draw yet.")
-            settings = TurnSettings.from_turn(self.book.defaults, turn.params, turn.seed)
+            # the picture's frame carries over; a varied region or a zoom was that turn's own edit
+            settings = TurnSettings.from_turn(self.book.defaults, turn.params, turn.seed).continued()
             seed = turn.seed
             if action == "seed":
                 seed = self.new_seed()
             else:
                 settings = settings.merged({"hires_scale": max(HIRES_BUTTON_SCALE, settings.hires_scale)})
-            return await self.store.create_turn(
-                conversation_id=turn.conversation_id,
-                parent_id=turn.id,
-                kind=TurnKind.RENDER,
-                owner=presser,
-                canvas_code=turn.canvas_code,
-                seed=seed,
-                params=settings.stored(),
-            )
+            return await self._render_turn(turn, presser, settings, seed)
         raise UserError("That button is not one I know.")
 
     async def _retry(self, turn: Turn, presser: str) -> Turn:
@@ -483,5 +480,5 @@ class ChatHandler:
             owner=presser,
             user_text=source.user_text,
             seed=self.new_seed(),
-            params=turn.params,
+            params=TurnSettings.from_turn(self.book.defaults, turn.params, None).continued().stored(),
         )
