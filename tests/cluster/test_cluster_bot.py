@@ -103,3 +103,22 @@ async def test_a_restarted_bot_attaches_to_its_running_job(
         finally:
             await state.close()
         assert worker.jobs_done == 2  # one compose and one render: nothing ran twice
+
+
+async def test_an_unreachable_cluster_keeps_the_turn_queued_and_sends_it_when_back(
+    tmp_path: Path, redis_server: RedisServer, start_worker: StartWorker
+) -> None:
+    start_worker("w1")
+    adapter = FakeAdapter()
+    async with App(cluster_config(tmp_path, redis_server.url), adapters=[adapter]) as app:
+        redis_server.stop()
+        await asyncio.sleep(1.0)  # the engine notices Redis has gone
+        await adapter.say("a lighthouse in a storm")
+        await until(
+            lambda: any("unreachable" in s.current.text for s in adapter.posts("status")), "the status"
+        )
+        assert (await app.store.get_turn(1)).status == TurnStatus.QUEUED  # kept, in SQLite
+        redis_server.start()  # same port, same AOF
+        await asyncio.wait_for(app.runner.drain(), 60)
+        assert (await app.store.get_turn(1)).status == TurnStatus.DONE
+        assert [s.post.turn_id for s in adapter.posts("image")] == [1]
