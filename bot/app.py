@@ -149,6 +149,7 @@ class App:
         self._llm = llm
         self._renderer = renderer
         self._stack = AsyncExitStack()
+        self._edits_supported = True
         self.store: Store
         self.engine: JobEngine
         self.runner: TurnRunner
@@ -189,6 +190,7 @@ class App:
             llm=config.llm,
             model_name=config.render.model,
             instance=await self.store.instance_id(),
+            edits_supported=self._edits_supported,
         )
         self._stack.push_async_callback(self.runner.close)
         self.handler = ChatHandler(store=self.store, runner=self.runner, policy=policy, book=book)
@@ -208,9 +210,12 @@ class App:
         if config.queue.backend == "redis":
             from bot.worker import cluster_engine
 
+            # the workers' renderer: what the shared config names (FLUX.2 [klein] draws whole pictures)
+            self._edits_supported = config.render.family != "flux2-klein"
             return cluster_engine(config)
         llm = self._llm or build_llm(config)
         renderer = self._renderer or build_renderer(config)
+        self._edits_supported = bool(getattr(renderer, "supports_edits", False))
         if self._llm is None:
             self._stack.callback(llm.close)
         if self._renderer is None:

@@ -134,7 +134,9 @@ async def test_vary_region_and_zoom_out_are_turns_that_keep_the_rest(tmp_path: P
         assert await adapter.press("vary", 1, user="bob") is not None  # not bob's picture: refused
         await adapter.press("vary", 1)
         picker = adapter.sent[-1].post
-        assert [c.value for c in picker.choices] == ["1", "2"] and picker.choices[1].label.startswith("2. A gull")
+        assert [c.value for c in picker.choices] == ["1", "2"] and picker.choices[1].label.startswith(
+            "2. A gull"
+        )
         await adapter.press("vary", 1, value="2")
         await app.runner.drain()
         varied = await app.store.get_turn(2)
@@ -174,3 +176,27 @@ async def test_the_edit_buttons_work_after_a_restart(tmp_path: Path, tiny_sdxl: 
         assert (await app.store.get_turn(2)).status == (await app.store.get_turn(3)).status == TurnStatus.DONE
     finally:
         await app.__aexit__(None, None, None)
+
+
+async def test_a_renderer_without_edits_draws_whole_pictures_and_offers_no_edit_buttons(
+    tmp_path: Path,
+) -> None:
+    from tests.fakes.fake_backends import FakeRenderer
+
+    class WholePictures(FakeRenderer):
+        supports_edits = False
+
+    adapter = FakeAdapter()
+    renderer = WholePictures()
+    llm = FakeLLM([to_answer(parse(a)) for a in (BEFORE, BOAT)])
+    async with App(
+        bot_config(tmp_path, render=RENDER), adapters=[adapter], llm=llm, renderer=renderer
+    ) as app:
+        await adapter.say("a lighthouse in a storm with a gull")
+        await adapter.say("make the gull a red boat")
+        await app.runner.drain()
+        assert [params.edit for _, params in renderer.calls] == [None, None]
+        result = adapter.posts("image")[1].post
+        assert [b.action for b in result.buttons] == ["seed", "rewrite", "hires"]
+        assert "this image model draws whole pictures only" in result.text
+        assert "whole pictures only" in (await adapter.press("vary", 1) or "")

@@ -37,6 +37,10 @@ async def render_params_for(live: LiveTurn, canvas: Canvas, params: RenderParams
 
 async def plan(live: LiveTurn, canvas: Canvas) -> EditSpec | None:
     settings = live.settings
+    if not live.can_edit:
+        if (live.parent_canvas is not None and live.turn.kind != TurnKind.RENDER) or settings.vary_region:
+            live.edit_note = "Redrew the whole picture: this image model draws whole pictures only."
+        return None
     if settings.vary_region or settings.zoom_out > 1.0:
         return await _button_edit(live, canvas)
     if live.turn.kind == TurnKind.RENDER or live.parent_canvas is None:

@@ -337,6 +337,8 @@ class ChatHandler:
         )
         if not decision.allowed:
             raise UserError(decision.message)
+        if press.action in ("vary", "zoom") and not self.runner.edits_supported:
+            raise UserError("This bot's image model draws whole pictures only: try New seed instead.")
         if press.action == "vary":  # redrawing part of someone's picture is theirs to ask for
             if not self._owner_or_admin(turn, presser, press):
                 return NOT_YOURS_TO_VARY

@@ -36,6 +36,7 @@ class LiveTurn:
     parent: Turn | None = None  # the turn this one continues (its picture, for edits)
     parent_canvas: Canvas | None = None
     edit_note: str = ""  # what an edit redrew, for the result's summary
+    can_edit: bool = True  # the renderer can redraw part of a picture (Vary region, Zoom out, edits)
     links: list[LinkSpec] = field(default_factory=list)
 
     @property

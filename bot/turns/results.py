@@ -33,6 +33,7 @@ from omost_engine.render.metadata import encode_png, png_metadata
 log = logging.getLogger(__name__)
 
 RESULT_BUTTONS: tuple[ButtonAction, ...] = ("seed", "rewrite", "hires", "vary", "zoom")
+EDIT_BUTTONS = ("vary", "zoom")  # shown when the renderer can redraw part of a picture
 DELIVERY_RETRYING = "I drew it but could not post it; retrying…"
 DELIVERY_FAILED = "I drew it but could not post it. Press Retry to try again."
 MAYBE_POSTED = (
@@ -205,7 +206,11 @@ async def _result_post(store: Store, live: LiveTurn, canvas: Canvas, data: bytes
         text=summary,
         image=image,
         files=tuple(files),
-        buttons=tuple(Button(action, turn.id) for action in RESULT_BUTTONS),
+        buttons=tuple(
+            Button(action, turn.id)
+            for action in RESULT_BUTTONS
+            if live.can_edit or action not in EDIT_BUTTONS
+        ),
         role="image",
         turn_id=turn.id,
     )

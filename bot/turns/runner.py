@@ -103,6 +103,7 @@ class TurnRunner:
         llm: LLMConfig,
         model_name: str,
         instance: str = "bot",
+        edits_supported: bool = True,
         delivery_delays_s: Sequence[float] = DELIVERY_DELAYS_S,
     ) -> None:
         self.store = store
@@ -112,6 +113,7 @@ class TurnRunner:
         self.llm = llm
         self.model_name = model_name
         self.instance = instance  # in every job id: bots sharing a render cluster never collide
+        self.edits_supported = edits_supported  # the renderer can redraw part of a picture
         self.delivery_delays_s = tuple(delivery_delays_s)
         self.adapters: dict[str, Adapter] = {}
         self._flight: dict[int, _InFlight] = {}
@@ -198,7 +200,9 @@ class TurnRunner:
             ref=status,
             reply_to=reply_to,
         )
-        return LiveTurn(turn, conversation, adapter, self.store, message, settings)
+        live = LiveTurn(turn, conversation, adapter, self.store, message, settings)
+        live.can_edit = self.edits_supported
+        return live
 
     def start(self, live: LiveTurn, parent: Turn | None = None) -> None:
         """Run the turn; `parent` is the turn it continues, when the caller has it at hand (a

@@ -173,6 +173,9 @@ class RenderResult:
 
 
 class Renderer(Protocol):
+    """`supports_edits` (optional, default False): whether `RenderParams.edit` is honoured; the
+    bot draws whole pictures with a renderer that says no."""
+
     name: str
 
     def render(

@@ -183,6 +183,8 @@ def _cancel_between_blocks(transformer: Any, cancel: threading.Event | None) -> 
 class Flux2RegionalRenderer:
     """Omost's canvases on FLUX.2 [klein] with regional joint attention (see the module docstring)."""
 
+    supports_edits = False  # no keep-the-picture edits yet: the bot draws whole pictures with it
+
     def __init__(
         self,
         model: str = DEFAULT_MODEL,

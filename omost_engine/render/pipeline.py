@@ -161,6 +161,8 @@ def _is_oom(error: BaseException) -> bool:
 class SDXLRegionalRenderer:
     """Omost's regional SDXL renderer on the stock diffusers pipeline (see the module docstring)."""
 
+    supports_edits = True  # RenderParams.edit: inpaint, vary a region, zoom out (render/edits.py)
+
     def __init__(
         self,
         model: str = DEFAULT_MODEL,

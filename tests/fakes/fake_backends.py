@@ -177,6 +177,8 @@ class FakeRenderer:
     per call, `spans`, `loads`, `unloads`, `lower_memory_calls`, `low_memory`, `closed`.
     """
 
+    supports_edits = True  # takes RenderParams.edit (and draws the whole sketch: it is a fake)
+
     def __init__(
         self,
         *,
