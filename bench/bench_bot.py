@@ -68,8 +68,11 @@ def _drain(app: Any) -> Any:
     return runner.drain()
 
 
-async def overhead(data: Path, turns: int) -> dict[str, float]:
-    llm, renderer, adapter = FakeLLM(), FakeRenderer(downscale=8), FakeAdapter()
+async def overhead(data: Path, turns: int, render_ms: float = 0.0) -> dict[str, float]:
+    # render_ms: how long the fake renderer holds its "GPU" (spread over the 4 steps), as a real
+    # render does; 0 measures the bot's work alone, with nothing to overlap it with
+    step_delay_s = render_ms / 4 / 1000
+    llm, renderer, adapter = FakeLLM(), FakeRenderer(downscale=8, step_delay_s=step_delay_s), FakeAdapter()
     async with App(config(data, 1), adapters=[adapter], llm=llm, renderer=renderer) as app:  # type: ignore[arg-type]
         calls = _store_counter()(app.store)
         walls: list[float] = []
@@ -102,14 +105,24 @@ def _print_overhead(label: str, o: dict[str, float], turns: int) -> None:
     )
 
 
-def _baseline(ref: str, turns: int) -> dict[str, float]:
+def _baseline(ref: str, turns: int, render_ms: float) -> dict[str, float]:
     """The overhead of git REF, measured by this script in a subprocess on a temporary worktree."""
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "baseline"
         subprocess.run(["git", "-C", str(HERE), "worktree", "add", "--detach", str(tree), ref], check=True)
         try:
             out = subprocess.run(
-                [sys.executable, __file__, "--tree", str(tree), "--overhead-json", "--turns", str(turns)],
+                [
+                    sys.executable,
+                    __file__,
+                    "--tree",
+                    str(tree),
+                    "--overhead-json",
+                    "--turns",
+                    str(turns),
+                    "--render-ms",
+                    str(render_ms),
+                ],
                 check=True,
                 capture_output=True,
                 text=True,
@@ -208,13 +221,14 @@ def main() -> None:
     ap.add_argument("--overhead-only", action="store_true", help="skip the load and history parts")
     ap.add_argument("--tree", help=argparse.SUPPRESS)
     ap.add_argument("--overhead-json", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--render-ms", type=float, default=0.0, help="the fake render's simulated GPU time")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if args.overhead_json:  # the baseline's subprocess
-            print(json.dumps(asyncio.run(overhead(Path(tmp) / "a", args.turns))))
+            print(json.dumps(asyncio.run(overhead(Path(tmp) / "a", args.turns, args.render_ms))))
             return
-        base = _baseline(args.baseline, args.turns) if args.baseline else None
-        now = asyncio.run(overhead(Path(tmp) / "a", args.turns))
+        base = _baseline(args.baseline, args.turns, args.render_ms) if args.baseline else None
+        now = asyncio.run(overhead(Path(tmp) / "a", args.turns, args.render_ms))
         _print_overhead("this tree", now, args.turns)
         if base is not None:
             _print_overhead(f"baseline {args.baseline}", base, args.turns)
