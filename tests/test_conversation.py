@@ -79,12 +79,14 @@ async def test_two_turn_seed_conversation(bot: Bot) -> None:
     # each turn: a status message, a layout preview before pixels, then the result with buttons
     roles = [s.post.role for s in bot.adapter.sent]
     assert roles.count("preview") == 2 and roles.count("image") == 2
-    first_result = bot.adapter.posts("image")[0]
+    # the two results by turn: two turns in flight may post in either order
+    by_turn = {s.post.turn_id: s for s in bot.adapter.posts("image")}
+    first_result = by_turn[1]
     assert roles.index("preview") < roles.index("image")
     assert [b.action for b in first_result.post.buttons] == ["seed", "rewrite", "hires", "vary", "zoom"]
     assert first_result.post.files[0].filename.endswith(".py")
     assert parse(first_result.post.files[0].data.decode()) == parse(seed_answers()[0])
-    second = bot.adapter.posts("image")[1].post
+    second = by_turn[2].post
     assert second.text.startswith("Added meteorites crashing into the ground")
     # the image on disk carries the canvas, so it can be dropped back into the chat
     restored = read_png_metadata(bot.store.image_file(t2.image_path))

@@ -200,3 +200,22 @@ async def test_a_renderer_without_edits_draws_whole_pictures_and_offers_no_edit_
         assert [b.action for b in result.buttons] == ["seed", "rewrite", "hires"]
         assert "this image model draws whole pictures only" in result.text
         assert "whole pictures only" in (await adapter.press("vary", 1) or "")
+
+
+async def test_an_edit_sent_while_its_parent_is_drawn_still_keeps_the_picture(
+    tmp_path: Path, tiny_sdxl: Path
+) -> None:
+    adapter = FakeAdapter()
+    app, renderer = await open_app(tmp_path, tiny_sdxl, [BEFORE, BOAT], adapter)
+    try:
+        await adapter.say("a lighthouse in a storm with a gull")
+        await adapter.say("make the gull a red boat")  # at once: the first picture is not drawn yet
+        await app.runner.drain()
+        spec = renderer.edits[-1]
+        assert spec is not None and spec.kind == "inpaint"
+        first, edit = await app.store.get_turn(1), await app.store.get_turn(2)
+        soft = edit_masks(128, 128, spec.boxes, spec.margin, spec.feather).soft
+        diff = np.abs(picture(app, edit) - picture(app, first)).max(axis=-1)
+        assert diff[soft == 0].max() == 0
+    finally:
+        await app.__aexit__(None, None, None)

@@ -90,6 +90,7 @@ class _InFlight:
     live: LiveTurn
     task: asyncio.Task[None] | None = None
     answered: asyncio.Event = field(default_factory=asyncio.Event)  # set once its canvas is known
+    ended: asyncio.Event = field(default_factory=asyncio.Event)  # set once it is done or failed
 
 
 class TurnRunner:
@@ -316,6 +317,7 @@ class TurnRunner:
             await self._failed(live, e)
         finally:
             flight.answered.set()  # a child waiting on a turn that ended without an answer goes on
+            flight.ended.set()
             self._flight.pop(live.id, None)
 
     async def _failed(self, live: LiveTurn, error: Exception) -> None:
@@ -461,10 +463,23 @@ class TurnRunner:
         except Exception:  # a preview that cannot be posted must not cost the picture
             log.exception("turn %s: the layout preview could not be posted", live.id)
 
+    async def _parent_picture(self, live: LiveTurn) -> None:
+        """An edit sent while its parent is still being drawn is drawn over the parent's picture:
+        wait for it (the parent's render is ahead in the queue anyway), then take its row."""
+        parent = live.parent
+        if parent is None or parent.image_path is not None:
+            return
+        flight = self._flight.get(parent.id)
+        if flight is not None:
+            await flight.ended.wait()
+        live.parent = await self.store.find_turn(parent.id)
+
     async def _render(
         self, live: LiveTurn, canvas: Canvas, preview: asyncio.Task[None] | None = None
     ) -> None:
         seed = live.turn.seed if live.turn.seed is not None else 0
+        if live.parent_canvas is not None and live.settings.edit == "auto" and live.can_edit:
+            await self._parent_picture(live)
         params = await edits.render_params_for(live, canvas, render_params(live.settings, seed))
         job = RenderJob(
             owner=live.turn.owner,
