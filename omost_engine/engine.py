@@ -68,7 +68,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from types import TracebackType
@@ -76,8 +76,8 @@ from types import TracebackType
 from omost_engine import errors
 from omost_engine.canvas import Canvas, CanvasError
 from omost_engine.canvas_code import IncrementalParser
+from omost_engine.engine_api import EventReplay
 from omost_engine.jobs import (
-    TERMINAL_EVENTS,
     Cancelled,
     ComposeJob,
     ComposeResult,
@@ -86,7 +86,6 @@ from omost_engine.jobs import (
     Finished,
     Job,
     JobEvent,
-    JobStatus,
     PartParsed,
     Queued,
     RenderJob,
@@ -191,25 +190,13 @@ class _Rates:
 # --- handles --------------------------------------------------------------------------------------
 
 
-class JobHandle:
+class JobHandle(EventReplay):
     """The caller's view of a submitted job. Use it on the event loop that submitted the job."""
 
     def __init__(self, engine: Engine, entry: _Entry) -> None:
+        super().__init__(entry.job)
         self._engine = engine
         self._entry = entry
-        self.job: Job = entry.job
-        self._events: list[JobEvent] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._status = JobStatus.QUEUED
-        self._terminal: TerminalEvent | None = None
-
-    @property
-    def job_id(self) -> str:
-        return self.job.job_id
-
-    @property
-    def status(self) -> JobStatus:
-        return self._status
 
     @property
     def position(self) -> int:
@@ -223,60 +210,12 @@ class JobHandle:
         self._engine._refresh_now(self._entry.lane)
         return self._entry.eta_s
 
-    @property
-    def terminal(self) -> TerminalEvent | None:
-        return self._terminal
-
     def cancel(self, reason: str = "cancelled") -> bool:
         """Cancel the job; False if it had already ended. `reason` is shown in `Cancelled`."""
         return self._engine._cancel(self._entry, reason)
 
-    async def events(self) -> AsyncIterator[JobEvent]:
-        """Every event from the first, in order, ending with the terminal one."""
-        index = 0
-        while True:
-            while index < len(self._events):
-                event = self._events[index]
-                index += 1
-                yield event
-                if isinstance(event, TERMINAL_EVENTS):
-                    return
-            await self._next_event()
-
-    async def wait(self) -> TerminalEvent:
-        """The terminal event, once there is one."""
-        while self._terminal is None:
-            await self._next_event()
-        return self._terminal
-
-    async def _next_event(self) -> None:
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-
     def _emit(self, event: JobEvent) -> None:
-        if self._terminal is not None:
-            return
-        self._events.append(event)
-        if isinstance(event, Started):
-            self._status = JobStatus.RUNNING
-        elif isinstance(event, Finished | Failed | Cancelled):
-            self._terminal = event
-            self._status = (
-                JobStatus.FINISHED
-                if isinstance(event, Finished)
-                else JobStatus.FAILED
-                if isinstance(event, Failed)
-                else JobStatus.CANCELLED
-            )
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self._record(event)
 
     def __repr__(self) -> str:
         return f"<JobHandle {self.job.kind} {self.job_id[:8]} owner={self.job.owner!r} {self._status.value}>"

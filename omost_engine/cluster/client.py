@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from typing import Any
 
 from redis.exceptions import RedisError
@@ -33,9 +33,8 @@ from redis.exceptions import RedisError
 from omost_engine.cluster.codec import CodecError, decode_event, encode_job
 from omost_engine.cluster.state import ClusterState
 from omost_engine.engine import Engine, EngineClosed, QueueFull, RatePriors
-from omost_engine.engine_api import EngineUnavailable, JobEngine
+from omost_engine.engine_api import EngineUnavailable, EventReplay, JobEngine
 from omost_engine.jobs import (
-    TERMINAL_EVENTS,
     Cancelled,
     Failed,
     FailureKind,
@@ -76,28 +75,16 @@ async def wait_for_event(event: asyncio.Event, timeout: float) -> None:
         waiter.cancel()
 
 
-class RedisJobHandle:
+class RedisJobHandle(EventReplay):
     """The caller's view of one cluster job (engine_api.JobHandleView). Use it on the engine's loop."""
 
     def __init__(self, engine: RedisEngine, job: Job) -> None:
+        super().__init__(job)
         self._engine = engine
-        self.job: Job = job
-        self._events: list[JobEvent] = []
-        self._waiters: list[asyncio.Future[None]] = []
-        self._status = JobStatus.QUEUED
-        self._terminal: TerminalEvent | None = None
         self._position = 0
         self._eta_s: float | None = None
         self.submitted = False  # the cluster has it
         self.last_id: bytes | str = "0-0"  # the last stream entry delivered
-
-    @property
-    def job_id(self) -> str:
-        return self.job.job_id
-
-    @property
-    def status(self) -> JobStatus:
-        return self._status
 
     @property
     def position(self) -> int:
@@ -107,10 +94,6 @@ class RedisJobHandle:
     def eta_s(self) -> float | None:
         return self._eta_s
 
-    @property
-    def terminal(self) -> TerminalEvent | None:
-        return self._terminal
-
     def cancel(self, reason: str = "cancelled") -> bool:
         """Cancel the job wherever it is; False if it had already ended."""
         if self._terminal is not None:
@@ -118,38 +101,9 @@ class RedisJobHandle:
         self._engine._cancel(self, reason)
         return True
 
-    async def events(self) -> AsyncIterator[JobEvent]:
-        index = 0
-        while True:
-            while index < len(self._events):
-                event = self._events[index]
-                index += 1
-                yield event
-                if isinstance(event, TERMINAL_EVENTS):
-                    return
-            await self._next_event()
-
-    async def wait(self) -> TerminalEvent:
-        while self._terminal is None:
-            await self._next_event()
-        return self._terminal
-
-    async def _next_event(self) -> None:
+    def _before_wait(self) -> None:
         if self._engine.closed:
             raise EngineClosed()
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        try:
-            await waiter
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-
-    def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
 
     def _emit(self, event: JobEvent) -> None:
         if self._terminal is not None:
@@ -158,21 +112,9 @@ class RedisJobHandle:
             if self._status is not JobStatus.QUEUED or event.position == self._position:
                 return
             self._position, self._eta_s = event.position, event.eta_s
-        elif isinstance(event, Started):
-            self._status = JobStatus.RUNNING
+        elif isinstance(event, Started | Finished | Failed | Cancelled):
             self._position, self._eta_s = 0, None
-        elif isinstance(event, Finished | Failed | Cancelled):
-            self._terminal = event
-            self._position, self._eta_s = 0, None
-            self._status = (
-                JobStatus.FINISHED
-                if isinstance(event, Finished)
-                else JobStatus.FAILED
-                if isinstance(event, Failed)
-                else JobStatus.CANCELLED
-            )
-        self._events.append(event)
-        self._wake()
+        self._record(event)
 
     def __repr__(self) -> str:
         job = self.job
