@@ -15,7 +15,7 @@ from typing import Literal, Protocol, get_args
 from PIL import Image
 
 from omost_engine.canvas import GRID, Canvas
-from omost_engine.errors import EngineError
+from omost_engine.errors import EngineError, Interrupted, ModelNotAvailable
 from omost_engine.render.edit_plan import EditSpec
 
 DEFAULT_NEGATIVE_PROMPT = "lowres, bad anatomy, bad hands, cropped, worst quality"
@@ -65,6 +65,31 @@ MAX_FRAME_ZOOM = 8.0
 """A picture may be zoomed out (in total) at most this far: its boxes stay a few grid cells wide."""
 MAX_HIRES_SCHEDULE = 1000
 """The hires schedule cannot be longer than the model's 1000 training timesteps."""
+
+
+def looks_like_path(model: str) -> bool:
+    """A model named by a path (a folder or a single file) rather than a hub id (owner/name)."""
+    return (
+        model.startswith(("/", "./", "../", "~"))
+        or model.endswith((".safetensors", ".ckpt"))
+        or model.count("/") != 1
+    )
+
+
+def model_not_available(model: str, reason: str, local: str) -> ModelNotAvailable:
+    """The error for image-model weights that cannot be loaded, naming a command that works as
+    spelled (a local path has nothing to download); `local` says what a local model may be."""
+    if looks_like_path(model):
+        fix = "Check the path, or use a hub id and fetch it with `omost-bot download --render`."
+    else:
+        fix = f"Fetch it with `omost-bot download --render --render-model {model}`, or use {local}."
+    return ModelNotAvailable(model, f"The image model {model} is not available: {reason}. {fix}")
+
+
+def check_cancel(cancel: threading.Event | None) -> None:
+    """Stop a render within one step (or block) of its cancel event being set."""
+    if cancel is not None and cancel.is_set():
+        raise Interrupted("render cancelled")
 
 
 class InvalidRenderParams(EngineError, ValueError):

@@ -52,8 +52,17 @@ from PIL import Image
 
 from omost_engine.canvas import Canvas, Layout, LayoutRegion, process
 from omost_engine.canvas_code import to_code
-from omost_engine.errors import Interrupted, ModelNotAvailable, OutOfMemory
-from omost_engine.render.base import RenderParams, RenderResult, Step, StepCallback, check_params, hires_size
+from omost_engine.errors import ModelNotAvailable, OutOfMemory
+from omost_engine.render.base import (
+    RenderParams,
+    RenderResult,
+    Step,
+    StepCallback,
+    check_cancel,
+    check_params,
+    hires_size,
+    model_not_available,
+)
 from omost_engine.render.flux2_attention import RegionalJointAttention
 from omost_engine.render.metadata import png_metadata
 
@@ -106,11 +115,7 @@ def text_layers_for(text_encoder: Any, joint_attention_dim: int) -> tuple[int, .
 
 
 def _not_available(model: str, reason: str) -> ModelNotAvailable:
-    return ModelNotAvailable(
-        model,
-        f"The image model {model} is not available: {reason}. Run `omost-bot download` to fetch it, "
-        "or point `model` at a local diffusers folder of a FLUX.2 [klein] pipeline.",
-    )
+    return model_not_available(model, reason, "a local diffusers folder of a FLUX.2 [klein] pipeline")
 
 
 def _quantized_parts(model: str, dtype: torch.dtype, local_files_only: bool) -> dict[str, Any]:
@@ -158,11 +163,6 @@ def load_flux2_klein(
         raise _not_available(model, f"its weights could not be loaded ({first_line})") from e
 
 
-def _check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Interrupted("render cancelled")
-
-
 @contextmanager
 def _cancel_between_blocks(transformer: Any, cancel: threading.Event | None) -> Iterator[None]:
     """Raise Interrupted before the next transformer block once `cancel` is set (within a step)."""
@@ -170,7 +170,7 @@ def _cancel_between_blocks(transformer: Any, cancel: threading.Event | None) -> 
         yield
         return
     handles = [
-        block.register_forward_pre_hook(lambda *_: _check_cancel(cancel))
+        block.register_forward_pre_hook(lambda *_: check_cancel(cancel))
         for block in (*transformer.transformer_blocks, *transformer.single_transformer_blocks)
     ]
     try:
@@ -339,7 +339,7 @@ class Flux2RegionalRenderer:
         cancel: threading.Event | None,
     ) -> Image.Image:
         # 1. Inputs were checked by render(); load the components.
-        _check_cancel(cancel)
+        check_cancel(cancel)
         pipe = self._ensure_loaded()
         device = pipe._execution_device
         # 2. Encode: one text block per region, and the negative prompt for true CFG.
@@ -355,7 +355,7 @@ class Flux2RegionalRenderer:
             on_step=on_step,
             cancel=cancel,
         )
-        _check_cancel(cancel)
+        check_cancel(cancel)
         # 3. Prepare the seeded noise on the render device.
         generator = torch.Generator(device).manual_seed(params.seed)
         latents, ids = self._noise(pipe, params.width, params.height, generator, device)
@@ -368,7 +368,7 @@ class Flux2RegionalRenderer:
             if size is not None:
                 # 5. High-resolution pass: re-noise the resized image part of the way, denoise again.
                 image = self._decode(pipe, latents, grid)
-                _check_cancel(cancel)
+                check_cancel(cancel)
                 clean = self._encode_image(pipe, image.resize(size, Image.Resampling.LANCZOS), device)
                 noise, ids = self._noise(pipe, size[0], size[1], generator, device)
                 grid = self._grid(pipe, size[0], size[1])
@@ -378,7 +378,7 @@ class Flux2RegionalRenderer:
                 sigma = pipe.scheduler.sigmas[start].to(device)
                 latents = sigma * noise + (1.0 - sigma) * clean  # flow matching's forward process
                 latents = self._denoise(call, latents, ids, grid, timesteps, "hires")
-        _check_cancel(cancel)
+        check_cancel(cancel)
         # 6. Decode.
         return self._decode(pipe, latents, grid)
 
@@ -462,7 +462,7 @@ class Flux2RegionalRenderer:
         scheduler = call.pipe.scheduler
         masked = call.regions.kwargs(grid, latents.device, transformer.dtype)
         for i, t in enumerate(timesteps):
-            _check_cancel(call.cancel)
+            check_cancel(call.cancel)
             velocity = self._velocity(transformer, latents, ids, t, call.positive, masked)
             if call.negative is not None:
                 # True CFG; the unconditional pass is plain attention (no regions).
@@ -472,7 +472,7 @@ class Flux2RegionalRenderer:
             sigma = scheduler.sigmas[index or 0]
             estimate = latents - sigma.to(latents.device) * velocity  # the clean image, for previews
             latents = scheduler.step(velocity, t, latents, return_dict=False)[0]
-            _check_cancel(call.cancel)
+            check_cancel(call.cancel)
             if call.on_step is not None:
                 preview = None
                 if self.preview_every > 0 and (i + 1) % self.preview_every == 0:

@@ -47,15 +47,18 @@ from PIL import Image
 
 from omost_engine.canvas import Canvas, process
 from omost_engine.canvas_code import to_code
-from omost_engine.errors import Interrupted, ModelNotAvailable, OutOfMemory
+from omost_engine.errors import ModelNotAvailable, OutOfMemory
 from omost_engine.render.attention import RegionalAttention, install_regional_attention
 from omost_engine.render.base import (
     RenderParams,
     RenderResult,
     Step,
     StepCallback,
+    check_cancel,
     check_params,
     hires_size,
+    looks_like_path,
+    model_not_available,
 )
 from omost_engine.render.edit_plan import zoom_boxes
 from omost_engine.render.edits import EditOutcome, render_edit
@@ -94,23 +97,7 @@ def dpmpp_2m_karras() -> Any:
 
 
 def _not_available(model: str, reason: str) -> ModelNotAvailable:
-    # Name a command that works as spelled; a local path has nothing to download.
-    if _looks_like_path(model):
-        fix = "Check the path, or use a hub id and fetch it with `omost-bot download --render`."
-    else:
-        fix = (
-            f"Fetch it with `omost-bot download --render --render-model {model}`, "
-            "or use a local diffusers folder or a single .safetensors file."
-        )
-    return ModelNotAvailable(model, f"The image model {model} is not available: {reason}. {fix}")
-
-
-def _looks_like_path(model: str) -> bool:
-    return (
-        model.startswith(("/", "./", "../", "~"))
-        or model.endswith((".safetensors", ".ckpt"))
-        or model.count("/") != 1
-    )
+    return model_not_available(model, reason, "a local diffusers folder or a single .safetensors file")
 
 
 def _dtype_kwargs(dtype: torch.dtype) -> dict[str, torch.dtype]:
@@ -140,7 +127,7 @@ def load_sdxl(model: str, dtype: torch.dtype, local_files_only: bool = True) -> 
             # Use the fp16 variant files when the folder has them (hub snapshots saved as-is).
             variant = "fp16" if any(path.glob("unet/*.fp16.*")) else None
             return StableDiffusionXLPipeline.from_pretrained(path, variant=variant, **_dtype_kwargs(dtype))
-        if _looks_like_path(model):
+        if looks_like_path(model):
             raise _not_available(model, f"there is no file or folder at {path}")
         return StableDiffusionXLPipeline.from_pretrained(
             model,
@@ -346,7 +333,7 @@ class SDXLRegionalRenderer:
         cancel: threading.Event | None,
     ) -> Image.Image:
         latents = self._render_latents(canvas, params, on_step, cancel)
-        _check_cancel(cancel)
+        check_cancel(cancel)
         return self.decode(latents)
 
     def conditions(self, canvas: Canvas, params: RenderParams) -> Conditions:
@@ -369,11 +356,11 @@ class SDXLRegionalRenderer:
         on_step: StepCallback | None,
         cancel: threading.Event | None,
     ) -> torch.Tensor:
-        _check_cancel(cancel)
+        check_cancel(cancel)
         pipe = self._ensure_loaded()
         # 1. encode
         conditions = self.conditions(canvas, params)
-        _check_cancel(cancel)
+        check_cancel(cancel)
         # 2. the seed's noise on the render device, scaled to Omost's first latent
         generator = seeded_generator(params.seed, pipe._execution_device)
         factor = pipe.vae_scale_factor
@@ -391,9 +378,9 @@ class SDXLRegionalRenderer:
             return latents
         # 4. the high-resolution fix: decode, Lanczos, re-encode, then Omost's hires schedule (the
         # last hires_steps of the Karras schedule of int(hires_steps / hires_denoise) steps)
-        _check_cancel(cancel)
+        check_cancel(cancel)
         latents = self.encode_image(self.decode(latents).resize(size, Image.Resampling.LANCZOS))
-        _check_cancel(cancel)
+        check_cancel(cancel)
         total, strength = img2img_arguments(params.hires_steps, params.hires_denoise)
         return self.denoise(
             self._img2img_pipeline(), conditions, size, params, generator, on_step, cancel,
@@ -407,9 +394,9 @@ class SDXLRegionalRenderer:
         on_step: StepCallback | None,
         cancel: threading.Event | None,
     ) -> EditOutcome:
-        _check_cancel(cancel)
+        check_cancel(cancel)
         conditions = self.conditions(canvas, params)
-        _check_cancel(cancel)
+        check_cancel(cancel)
         return render_edit(self, conditions, params, on_step, cancel)
 
     def _shared_components(self) -> dict[str, Any]:
@@ -497,7 +484,7 @@ class SDXLRegionalRenderer:
         self, on_step: StepCallback | None, cancel: threading.Event | None, phase: str
     ) -> Callable[[Any, int, Any, dict[str, Any]], dict[str, Any]]:
         def step_end(pipe: Any, index: int, timestep: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            _check_cancel(cancel)
+            check_cancel(cancel)
             if on_step is not None:
                 preview = None
                 if self.preview_every > 0 and (index + 1) % self.preview_every == 0:
@@ -555,8 +542,3 @@ def _denoised_estimate(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
         estimate: torch.Tensor = outputs[-1]
         return estimate
     return latents
-
-
-def _check_cancel(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Interrupted("render cancelled")
