@@ -212,13 +212,6 @@ class Store(LinksAndSettings, ImageFiles):
         async with self._transaction() as db:
             return await self._insert_conversation(db, platform, str(chat), str(thread))
 
-    async def get_conversation(self, conversation_id: int) -> Conversation | None:
-        row = await self._row(
-            "SELECT id, platform, chat, thread, created_at FROM conversations WHERE id = ?",
-            (conversation_id,),
-        )
-        return _conversation(row) if row else None
-
     async def _latest_conversation(
         self, db: aiosqlite.Connection, platform: str, chat: str, thread: str
     ) -> Conversation | None:

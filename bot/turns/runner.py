@@ -149,10 +149,6 @@ class TurnRunner:
         """Whether a stored result of this turn is being posted again right now."""
         return turn_id in self._announcing
 
-    def owner_of(self, turn_id: int) -> str | None:
-        flight = self._flight.get(turn_id)
-        return flight.live.turn.owner if flight is not None else None
-
     def cancel(self, turn_id: int, reason: str = CANCELLED_BY_USER) -> bool:
         """Cancel a turn in flight: its engine job (by tag), or its task while it has none."""
         flight = self._flight.get(turn_id)
