@@ -18,6 +18,7 @@ from dataclasses import replace
 
 from bot.store import TurnKind
 from bot.turns.live import LiveTurn
+from bot.turns.results import short_description
 from omost_engine.canvas import Canvas
 from omost_engine.render.base import RenderParams
 from omost_engine.render.edit_plan import EditSpec, decide_edit, edited_params, vary_boxes
@@ -69,10 +70,8 @@ async def _button_edit(live: LiveTurn, canvas: Canvas) -> EditSpec | None:
         return None
     if settings.vary_region:
         boxes = vary_boxes(canvas, settings.vary_region, settings.frame_zoom)
-        region = canvas.regions[settings.vary_region - 1].description
-        live.edit_note = (
-            f"Redrew region {settings.vary_region} with a new seed: {_short(region)}; kept the rest."
-        )
+        region = short_description(canvas.regions[settings.vary_region - 1].description, 40)
+        live.edit_note = f"Redrew region {settings.vary_region} with a new seed: {region}; kept the rest."
         return EditSpec("vary", await _picture(live), boxes)
     live.edit_note = (
         f"Zoomed out {settings.zoom_out:g}x: drew the new border; kept the picture in the middle."
@@ -108,14 +107,8 @@ async def _picture(live: LiveTurn) -> bytes:
 
 
 def _redrew(names: tuple[str, ...]) -> str:
-    shown = ", ".join(_short(n) for n in names[:MAX_NAMED]) + (
+    shown = ", ".join(short_description(n, 40) for n in names[:MAX_NAMED]) + (
         f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else ""
     )
     n = len(names)
     return f"Redrew {n} region{'s' if n != 1 else ''}: {shown}; kept the rest."
-
-
-def _short(description: str, limit: int = 40) -> str:
-    text = description.rstrip(".")
-    text = text[:1].lower() + text[1:]
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -69,18 +69,19 @@ def describe_change(before: Canvas | None, after: Canvas) -> str:
         return "Same canvas as before."
     parts = []
     if diff.added:
-        parts.append("added " + ", ".join(_short(r.description) for r in diff.added))
+        parts.append("added " + ", ".join(short_description(r.description) for r in diff.added))
     if diff.removed:
-        parts.append("removed " + ", ".join(_short(r.description) for r in diff.removed))
+        parts.append("removed " + ", ".join(short_description(r.description) for r in diff.removed))
     if diff.changed:
-        parts.append("changed " + ", ".join(_short(after.description) for _, after in diff.changed))
+        parts.append("changed " + ", ".join(short_description(new.description) for _, new in diff.changed))
     if diff.global_changed:
         parts.append("updated the overall scene")
     text = "; ".join(parts)
     return text[:1].upper() + text[1:] + "."
 
 
-def _short(description: str, limit: int = 60) -> str:
+def short_description(description: str, limit: int = 60) -> str:
+    """A region's description as a phrase inside a sentence: no final dot, lower-case, clipped."""
     text = description.rstrip(".")
     text = text[:1].lower() + text[1:]
     return text if len(text) <= limit else text[: limit - 1] + "…"
