@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
+from adapters.base import BoundedMap
 from bot.config import RenderConfig
 from bot.store import Store
 from bot.turns.errors import UserError
@@ -259,25 +260,18 @@ class SettingsBook:
     def __init__(self, store: Store, defaults: TurnSettings, *, cache_size: int = 4096) -> None:
         self.store = store
         self.defaults = defaults
-        self._cache: dict[tuple[str, str, str], dict[str, Any]] = {}
-        self._cache_size = cache_size
+        self._cache: BoundedMap[tuple[str, str, str], dict[str, Any]] = BoundedMap(cache_size)
 
     async def layer(self, scope: str, platform: str, subject: str) -> dict[str, Any]:
         key = (scope, platform, subject)
         cached = self._cache.get(key)
         if cached is None:
-            cached = await self.store.get_settings(scope, platform, subject)
-            self._remember(key, cached)
+            cached = self._cache[key] = await self.store.get_settings(scope, platform, subject)
         return cached
 
     async def save(self, scope: str, platform: str, subject: str, changes: Mapping[str, Any]) -> None:
         saved = await self.store.set_settings(scope, platform, subject, changes)
-        self._remember((scope, platform, subject), saved)
-
-    def _remember(self, key: tuple[str, str, str], value: dict[str, Any]) -> None:
-        if len(self._cache) >= self._cache_size and key not in self._cache:
-            self._cache.pop(next(iter(self._cache)))
-        self._cache[key] = value
+        self._cache[(scope, platform, subject)] = saved
 
     async def effective(
         self, platform: str, user: str, chat_key: str, options: Mapping[str, str] | None = None
